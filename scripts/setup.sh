@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs everything the build and the tests need on a fresh Debian machine: the Rust musl
+# target, the Debian packages, and the pinned Go tools. Safe to run again; fast when done.
+. "$(dirname "$0")/lib.sh"
+
+if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  log "adding the Rust target x86_64-unknown-linux-musl"
+  rustup target add x86_64-unknown-linux-musl || die "rustup could not add x86_64-unknown-linux-musl"
+fi
+for c in rustfmt clippy; do
+  rustup component list --installed | grep -q "^$c" || rustup component add "$c" || die "rustup could not add $c"
+done
+
+# Debian packages: iproute2 (lab namespaces), nftables (tests inspect state with `nft`;
+# tsbridge itself never runs it), file (static-binary check), iperf3 (benchmarks),
+# skopeo (reads the OCI archive), qemu-system-x86 (QEMU test).
+PKGS=(iproute2 nftables file iperf3 skopeo qemu-system-x86 cpio dpkg-dev)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || die "apt-get update failed"
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
+fi
+
+"$ROOT/scripts/tools.sh"

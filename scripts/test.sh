@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite (what `make test` and CI run). Stops at the first failing stage.
+. "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+stage() { log "stage: $*"; }
+
+stage "format and lint"
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+
+stage "static release build"
+make --no-print-directory build
+
+stage "unit and integration tests"
+cargo test --locked
+
+log "all stages passed"

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds the real Go counterparts at the versions pinned in versions.env into .tools/bin:
+# tailscale, tailscaled (tailscale.com) and headscale. Builds are cached per version in
+# $TSBRIDGE_CACHE, so the second run (and CI on the same machine) only copies.
+. "$(dirname "$0")/lib.sh"
+
+# install NAME MODULE_PATH VERSION
+install_tool() {
+  local name=$1 pkg=$2 version=$3
+  local dir="$CACHE/bin/$name-$version"
+  if [ ! -x "$dir/$name" ]; then
+    log "go install $pkg@$version"
+    mkdir -p "$dir"
+    GOBIN="$dir" go install "$pkg@$version" || die "go install $pkg@$version failed"
+  fi
+  install -m 0755 "$dir/$name" "$TOOLS_BIN/$name"
+}
+
+install_tool tailscale tailscale.com/cmd/tailscale "$TAILSCALE_VERSION"
+install_tool tailscaled tailscale.com/cmd/tailscaled "$TAILSCALE_VERSION"
+install_tool headscale github.com/juanfont/headscale/cmd/headscale "$HEADSCALE_VERSION"
+log "tools ready in $TOOLS_BIN: $(ls "$TOOLS_BIN" | tr '\n' ' ')"

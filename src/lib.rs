@@ -1,0 +1,11 @@
+//! tsbridge: puts a Talos node on the tailnet and makes the tailnet usable from its pods.
+//!
+//! The library holds everything; `main.rs` only dispatches. Pure planning lives in plain
+//! functions over plain data; kernel and process effects are small adapters.
+
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod net;
+pub mod run;
+pub mod secret;

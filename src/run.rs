@@ -1,0 +1,84 @@
+//! `tsbridge run`: the daemon.
+
+use std::process::ExitCode;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+
+use crate::config::{self, Config};
+use crate::logging;
+
+pub fn main() -> ExitCode {
+    let loaded = config::from_process_env();
+    logging::init(loaded.log_format, loaded.log_level);
+    for w in &loaded.warnings {
+        warn!(var = %w.var, value = w.value.as_deref().unwrap_or(""), problem = %w.message, "config warning");
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the async runtime");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        match loaded.config {
+            Ok(cfg) => daemon(cfg).await,
+            Err(errors) => degraded(errors).await,
+        }
+    })
+}
+
+/// Waits for SIGTERM or SIGINT. As PID 1 in its container, tsbridge gets no default
+/// signal handling from the kernel, so it must install its own.
+async fn shutdown_signal() -> std::io::Result<&'static str> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+/// An invalid configuration: report every problem once, then wait. Exiting would make
+/// Talos restart the service every 5 s forever, repeating the same errors.
+async fn degraded(errors: config::ConfigErrors) -> ExitCode {
+    for p in &errors.0 {
+        error!(var = %p.var, value = p.value.as_deref().unwrap_or(""), problem = %p.message, "invalid configuration");
+    }
+    error!(
+        problems = errors.0.len(),
+        "tsbridge is degraded: fix the ExtensionServiceConfig (name: tailscale) and apply it; the service restarts with the new configuration"
+    );
+    wait_for_shutdown().await
+}
+
+async fn daemon(cfg: Config) -> ExitCode {
+    info!(
+        state_dir = %cfg.state_dir.display(),
+        socket = %cfg.socket.display(),
+        auth_once = cfg.auth_once,
+        has_auth_key = cfg.auth_key.is_some(),
+        "tsbridge starting"
+    );
+    if cfg.lab_subnets.is_empty() {
+        warn!("TSBRIDGE_LAB_SUBNETS is not set: the node's Kubernetes identity is unguarded");
+    }
+    wait_for_shutdown().await
+}
+
+async fn wait_for_shutdown() -> ExitCode {
+    match shutdown_signal().await {
+        Ok(sig) => {
+            info!(signal = sig, "shutting down");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!(error = %e, "cannot install signal handlers");
+            ExitCode::from(1)
+        }
+    }
+}
