@@ -1,0 +1,145 @@
+//! The binary as a user (and Talos) runs it: environment built by hand, duplicates kept.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, execve, fork, pipe};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tsbridge");
+
+/// Starts the binary with exactly `env` as its environment, in order, duplicates and all
+/// (Rust's `Command` would de-duplicate). Returns the pid and a pipe with its stderr+stdout.
+fn spawn_raw(args: &[&str], env: &[&str]) -> (Pid, OwnedFd) {
+    let (r, w) = pipe().expect("pipe");
+    let path = CString::new(BIN).unwrap();
+    let mut argv = vec![path.clone()];
+    argv.extend(args.iter().map(|a| CString::new(*a).unwrap()));
+    let envp: Vec<CString> = env.iter().map(|e| CString::new(*e).unwrap()).collect();
+    // SAFETY: the child only calls async-signal-safe functions (dup2, execve, _exit).
+    match unsafe { fork() }.expect("fork") {
+        ForkResult::Child => {
+            unsafe { nix::libc::dup2(w.as_raw_fd(), 1) };
+            unsafe { nix::libc::dup2(w.as_raw_fd(), 2) };
+            let _ = execve(&path, &argv, &envp);
+            unsafe { nix::libc::_exit(127) }
+        }
+        ForkResult::Parent { child } => {
+            drop(w);
+            (child, r)
+        }
+    }
+}
+
+fn read_all(fd: OwnedFd) -> String {
+    use std::io::Read;
+    let mut f = std::fs::File::from(fd);
+    let mut s = String::new();
+    let _ = f.read_to_string(&mut s);
+    s
+}
+
+fn wait_exit(pid: Pid, limit: Duration) -> Option<i32> {
+    let start = Instant::now();
+    loop {
+        match waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return Some(code),
+            Ok(WaitStatus::Signaled(..)) => return Some(-1),
+            _ if start.elapsed() > limit => return None,
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+#[test]
+fn duplicated_variables_last_value_wins_through_a_real_environ() {
+    let (pid, out) = spawn_raw(
+        &["config"],
+        &[
+            "TS_HOSTNAME=spec-default",
+            "TSBRIDGE_POD_CIDRS=10.244.0.0/16",
+            "TS_HOSTNAME=user-value",
+            "TSBRIDGE_POD_CIDRS=10.42.0.0/16",
+        ],
+    );
+    let text = read_all(out);
+    assert_eq!(wait_exit(pid, Duration::from_secs(5)), Some(0), "{text}");
+    assert!(text.contains("\"user-value\""), "{text}");
+    assert!(!text.contains("spec-default"), "{text}");
+    assert!(text.contains("10.42.0.0"), "{text}");
+}
+
+#[test]
+fn invalid_config_reports_every_problem_stays_up_and_exits_on_sigterm() {
+    let (pid, out) = spawn_raw(
+        &["run"],
+        &[
+            "TS_USERSPACE=true",
+            "TS_EXTRA_ARGS=--authkey=tskey-auth-x",
+            "TSBRIDGE_POD_CIDRS=nonsense",
+        ],
+    );
+    // Still running after a second: no crash loop.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        wait_exit(pid, Duration::ZERO),
+        None,
+        "tsbridge exited on a bad config"
+    );
+    let sent = Instant::now();
+    kill(pid, Signal::SIGTERM).unwrap();
+    let code = wait_exit(pid, Duration::from_secs(2));
+    assert_eq!(code, Some(0), "no clean exit within 2 s of SIGTERM");
+    assert!(sent.elapsed() < Duration::from_secs(2));
+    let text = read_all(out);
+    for var in ["TS_USERSPACE", "TS_EXTRA_ARGS", "TSBRIDGE_POD_CIDRS"] {
+        assert!(
+            text.contains(&format!("var={var}")),
+            "{var} not reported:\n{text}"
+        );
+    }
+    assert!(!text.contains("tskey-auth-x"), "key leaked:\n{text}");
+}
+
+#[test]
+fn config_exits_nonzero_on_errors_and_version_names_commit_and_target() {
+    let out = Command::new(BIN)
+        .arg("config")
+        .env_clear()
+        .env("TSBRIDGE_SNAT", "maybe")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TSBRIDGE_SNAT"));
+
+    let out = Command::new(BIN).arg("version").output().unwrap();
+    let v = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        v.starts_with("tsbridge ") && v.contains("commit=") && v.contains("target="),
+        "{v}"
+    );
+}
+
+#[test]
+fn help_everywhere_and_unknown_commands_fail() {
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["config", "--help"],
+        &["version", "--help"],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage: tsbridge"),
+            "{args:?}"
+        );
+    }
+    let out = Command::new(BIN).arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
