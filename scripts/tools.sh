@@ -18,5 +18,17 @@ install_tool() {
 
 install_tool tailscale tailscale.com/cmd/tailscale "$TAILSCALE_VERSION"
 install_tool tailscaled tailscale.com/cmd/tailscaled "$TAILSCALE_VERSION"
-install_tool headscale github.com/juanfont/headscale/cmd/headscale "$HEADSCALE_VERSION"
+
+# headscale: built from scripts/tools/headscale/go.mod (see the comment there for why not
+# `go install`); the version there must match versions.env.
+hs_dir="$CACHE/bin/headscale-$HEADSCALE_VERSION"
+grep -q "github.com/juanfont/headscale $HEADSCALE_VERSION" "$ROOT/scripts/tools/headscale/go.mod" ||
+  die "scripts/tools/headscale/go.mod does not pin headscale $HEADSCALE_VERSION (versions.env)"
+if [ ! -x "$hs_dir/headscale" ]; then
+  log "go build headscale $HEADSCALE_VERSION"
+  mkdir -p "$hs_dir"
+  (cd "$ROOT/scripts/tools/headscale" && go build -o "$hs_dir/headscale" github.com/juanfont/headscale/cmd/headscale) ||
+    die "building headscale $HEADSCALE_VERSION failed"
+fi
+install -m 0755 "$hs_dir/headscale" "$TOOLS_BIN/headscale"
 log "tools ready in $TOOLS_BIN: $(ls "$TOOLS_BIN" | tr '\n' ' ')"
