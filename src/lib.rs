@@ -9,3 +9,4 @@ pub mod logging;
 pub mod net;
 pub mod run;
 pub mod secret;
+pub mod status;
