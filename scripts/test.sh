@@ -15,4 +15,9 @@ make --no-print-directory build
 stage "unit and integration tests"
 cargo test --locked
 
+stage "Talos extension image (reproducible OCI archive, read by skopeo)"
+scripts/tools.sh tailscale
+scripts/extension.sh
+scripts/test-extension.sh
+
 log "all stages passed"
