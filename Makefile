@@ -5,7 +5,7 @@ BIN := target/$(TARGET)/release/tsbridge
 # The release binary must stay small (see README).
 MAX_SIZE := 2621440
 
-.PHONY: all setup tools build lab test unit lint check-binary extension test-extension
+.PHONY: all setup tools build lab test unit lint check-binary extension test-extension test-talos
 
 all: build
 
@@ -32,6 +32,10 @@ extension: build
 # Checks dist/: skopeo reads it, the layer equals dist/extension/, builds are reproducible.
 test-extension: extension
 	scripts/test-extension.sh
+
+# Checks dist/extension/ and `tsbridge patch` with Talos's own Go code (tests/talos).
+test-talos: extension
+	scripts/test-talos.sh
 
 # The main job: the lab demo (until the lab lands: the configuration check of the example).
 lab: setup build

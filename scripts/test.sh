@@ -20,4 +20,7 @@ scripts/tools.sh tailscale
 scripts/extension.sh
 scripts/test-extension.sh
 
+stage "extension and tsbridge patch checked by Talos's own Go code"
+scripts/test-talos.sh
+
 log "all stages passed"
