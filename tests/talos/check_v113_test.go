@@ -51,4 +51,3 @@ func checkPatched(t *testing.T, c patchCase, cfg config.Provider) {
 
 	checkExtensionServiceConfig(t, cfg.ExtensionServiceConfigs())
 }
-
