@@ -4,7 +4,9 @@
     oci.py SRC_DIR OUT_TAR REF_NAME EPOCH
 
 The archive is an OCI image layout (oci-layout, index.json, blobs/sha256/...) in a tar, as
-`skopeo copy oci-archive:OUT_TAR ...` and `crane push OUT_TAR ...` read it. The layer is a
+`skopeo copy oci-archive:OUT_TAR ...` reads it, plus the `manifest.json` of `docker save`
+pointing at the same blobs (as Docker itself writes since v25), so `crane push OUT_TAR ...`
+and `docker load` read it too. The layer is a
 gzip tar of SRC_DIR's contents. Reproducible: entries sorted by path, every mtime EPOCH
 (SOURCE_DATE_EPOCH), owner 0:0 without names, modes normalised to 0755 (directories and
 executables) or 0644, gzip header without name or time. Only directories and regular files
@@ -126,6 +128,15 @@ def main(argv):
     index_entry["annotations"] = {"org.opencontainers.image.ref.name": ref}
     index = canonical_json({"schemaVersion": 2, "manifests": [index_entry]})
 
+    docker_manifest = canonical_json(
+        [
+            {
+                "Config": "blobs/sha256/" + hashlib.sha256(config).hexdigest(),
+                "RepoTags": ["tailscale-bridge:" + ref],
+                "Layers": ["blobs/sha256/" + hashlib.sha256(layer_gz).hexdigest()],
+            }
+        ]
+    )
     blobs = sorted({hashlib.sha256(b).hexdigest(): b for b in (config, layer_gz, manifest)}.items())
     tmp = out + ".tmp"
     with open(tmp, "wb") as fh:
@@ -135,6 +146,7 @@ def main(argv):
             for digest, data in blobs:
                 add_file(tar, "blobs/sha256/" + digest, data, 0o644, epoch)
             add_file(tar, "index.json", index, 0o644, epoch)
+            add_file(tar, "manifest.json", docker_manifest, 0o644, epoch)
             add_file(tar, "oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"}), 0o644, epoch)
     os.replace(tmp, out)
     print(index_entry["digest"])

@@ -41,6 +41,11 @@ check "layer unpacks to dist/extension/ (paths, types, modes, sizes)" diff <(lis
 check "layer contents equal dist/extension/" diff -r dist/extension "$tmp/root"
 check "every layer entry owned by 0:0 at SOURCE_DATE_EPOCH" \
   test -z "$(tar --numeric-owner --full-time -tvzf "$tmp/img/$layer" | awk -v t="$(date -u -d "@$epoch" '+%Y-%m-%d %H:%M:%S')" '$2 != "0/0" || ($4 " " $5) != t')"
+# The docker-save view of the same archive (what `crane push FILE` and `docker load` read)
+# lists the layer by its uncompressed digest.
+diff_id=$(gunzip -c "$tmp/img/$layer" | sha256sum | cut -d' ' -f1)
+check "docker-archive view reads the same layer" test \
+  "$(skopeo inspect --format '{{.Layers}}' "docker-archive:$ARCHIVE")" = "[sha256:$diff_id]"
 check "entries sorted" bash -c "diff <(tar -tzf '$tmp/img/$layer') <(tar -tzf '$tmp/img/$layer' | LC_ALL=C sort)"
 check "no shell or iptables in the service rootfs" \
   test "$(ls dist/extension/rootfs/usr/local/lib/containers/tailscale/usr/local/bin | tr '\n' ' ')" = "tailscale tailscaled tsbridge "
