@@ -15,4 +15,12 @@ make --no-print-directory build
 stage "unit and integration tests"
 cargo test --locked
 
+stage "Talos extension image (reproducible OCI archive, read by skopeo)"
+scripts/tools.sh tailscale
+scripts/extension.sh
+scripts/test-extension.sh
+
+stage "extension and tsbridge patch checked by Talos's own Go code"
+scripts/test-talos.sh
+
 log "all stages passed"

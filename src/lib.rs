@@ -7,6 +7,8 @@ pub mod cli;
 pub mod config;
 pub mod logging;
 pub mod net;
+mod patch_cli;
 pub mod run;
 pub mod secret;
 pub mod status;
+pub mod talos;
