@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the real Go counterparts at the versions pinned in versions.env into .tools/bin:
+# Builds (stripped, CGO_ENABLED=0) the real Go counterparts at the versions pinned in versions.env into .tools/bin:
 # tailscale, tailscaled (tailscale.com) and headscale. Builds are cached per version in
 # $TSBRIDGE_CACHE, so the second run (and CI on the same machine) only copies.
 . "$(dirname "$0")/lib.sh"
@@ -7,11 +7,14 @@
 # install NAME MODULE_PATH VERSION
 install_tool() {
   local name=$1 pkg=$2 version=$3
-  local dir="$CACHE/bin/$name-$version"
+  local dir="$CACHE/bin/$name-$version-stripped"
   if [ ! -x "$dir/$name" ]; then
     log "go install $pkg@$version"
+    local tmp
+    tmp=$(mktemp -d "$CACHE/bin/.tmp.XXXXXX")
+    GOBIN="$tmp" go install -ldflags="-s -w" "$pkg@$version" || die "go install $pkg@$version failed"
     mkdir -p "$dir"
-    GOBIN="$dir" go install "$pkg@$version" || die "go install $pkg@$version failed"
+    mv "$tmp/$name" "$dir/$name" && rmdir "$tmp"
   fi
   install -m 0755 "$dir/$name" "$TOOLS_BIN/$name"
 }
@@ -26,14 +29,15 @@ fi
 
 # headscale: built from scripts/tools/headscale/go.mod (see the comment there for why not
 # `go install`); the version there must match versions.env.
-hs_dir="$CACHE/bin/headscale-$HEADSCALE_VERSION"
+hs_dir="$CACHE/bin/headscale-$HEADSCALE_VERSION-stripped"
 grep -q "github.com/juanfont/headscale $HEADSCALE_VERSION" "$ROOT/scripts/tools/headscale/go.mod" ||
   die "scripts/tools/headscale/go.mod does not pin headscale $HEADSCALE_VERSION (versions.env)"
 if [ ! -x "$hs_dir/headscale" ]; then
   log "go build headscale $HEADSCALE_VERSION"
   mkdir -p "$hs_dir"
-  (cd "$ROOT/scripts/tools/headscale" && go build -o "$hs_dir/headscale" github.com/juanfont/headscale/cmd/headscale) ||
+  (cd "$ROOT/scripts/tools/headscale" && go build -ldflags="-s -w" -o "$hs_dir/headscale.tmp" github.com/juanfont/headscale/cmd/headscale) ||
     die "building headscale $HEADSCALE_VERSION failed"
+  mv "$hs_dir/headscale.tmp" "$hs_dir/headscale"
 fi
 install -m 0755 "$hs_dir/headscale" "$TOOLS_BIN/headscale"
 log "tools ready in $TOOLS_BIN: $(ls "$TOOLS_BIN" | tr '\n' ' ')"
