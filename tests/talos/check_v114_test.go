@@ -97,6 +97,22 @@ func TestPatchKubeDocuments(t *testing.T) {
 			}
 
 			checkPatched(t, c, cfg)
+
+			// From 1.14 the inline manifest is a named document, merged by name: a second
+			// application stays valid.
+			again, err := configpatcher.Apply(configpatcher.WithConfig(cfg), []configpatcher.Patch{patch})
+			if err != nil {
+				t.Fatalf("configpatcher.Apply (second time): %v", err)
+			}
+
+			cfg2, err := again.Config()
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			if warnings, err := cfg2.Validate(metal{}, validation.WithStrict()); err != nil {
+				t.Fatalf("patched twice: %v (warnings %v)", err, warnings)
+			}
 		})
 	}
 }

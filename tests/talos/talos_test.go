@@ -383,6 +383,26 @@ func TestPatchV1Alpha1(t *testing.T) {
 				}
 
 				checkPatched(t, c, cfg)
+
+				// Applying the patch a second time (`talosctl patch mc` again): Talos appends
+				// list entries, so the subnet lists repeat (harmless: same filter), and the
+				// v1alpha1 inline manifest would be a duplicate, which Talos refuses (it
+				// cannot be deleted-and-added in one patch: deleting a missing entry fails).
+				// The README says to change an applied patch with `talosctl edit mc`.
+				again, err := configpatcher.Apply(configpatcher.WithConfig(cfg), []configpatcher.Patch{patch})
+				if err != nil {
+					t.Fatalf("configpatcher.Apply (second time): %v", err)
+				}
+
+				cfg2, err := again.Config()
+				if err != nil {
+					t.Fatal(err)
+				}
+
+				_, err = cfg2.Validate(metal{}, validation.WithStrict())
+				if dup := c.controlPlane && c.coredns; (err != nil) != dup {
+					t.Fatalf("patched twice: validation error %v, expected one: %v", err, dup)
+				}
 			})
 		}
 	}
