@@ -1,6 +1,6 @@
 // talos-runner runs Talos extension services from their spec YAML alone, the way Talos's
 // machined does (services.Extension + the containerd runner + the restart runner), for the
-// QEMU test of the tsbridge extension. See tests/qemu/README.md.
+// QEMU test of the tsbridge extension. See the README, section "QEMU test".
 //
 //	talos-runner [-config MACHINE_CONFIG.yaml]   run every service in /usr/local/etc/containers
 //	talos-runner validate SPEC.yaml...           load and validate specs, print the result
