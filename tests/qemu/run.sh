@@ -8,7 +8,7 @@ cd "$ROOT"
 EXT=${TSBRIDGE_QEMU_EXTENSION:-dist/extension}
 OUT=target/qemu
 # the in-VM checks, in the order vm/vm-test.sh prints them
-CHECKS=(lab spec service-running joined key-hidden pod-address pod-name guards nft identity poweroff)
+CHECKS=(lab spec service-running joined key-hidden pod-address pod-name guards nft restart identity poweroff)
 # TCG by default: KVM does not work on the development machines (see README).
 ACCEL=${TSBRIDGE_QEMU_ACCEL:-tcg}
 TIMEOUT=${TSBRIDGE_QEMU_TIMEOUT:-600}
@@ -19,7 +19,8 @@ tests/qemu/fetch.sh
 "$ROOT/scripts/tools.sh" >/dev/null
 
 mkdir -p "$OUT"
-log "building the Talos-like service runner"
+log "testing and building the Talos-like service runner"
+(cd tests/qemu/runner && go test ./... >/dev/null) || die "tests/qemu/runner: go test failed (run it there to see why)"
 (cd tests/qemu/runner && go build -ldflags="-s -w" -o "$ROOT/$OUT/talos-runner" .) || die "building tests/qemu/runner failed"
 tests/qemu/build-initramfs.sh "$OUT/initrd.gz" "$EXT" "$OUT/talos-runner"
 

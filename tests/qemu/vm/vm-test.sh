@@ -221,7 +221,10 @@ for p in /proc/[0-9]*; do
     ;;
   esac
 done
-check key-hidden "the auth key is on no command line and in no child's environment"
+# nor in the service's log or any file it can write (the machine config in /run/lab is Talos's)
+found=$(grep -rlF "$NODE_KEY" /var /tmp /run/talos-runner /usr/local /system 2>/dev/null)
+[ -z "$found" ] || fail key-hidden "the auth key is in: $found"
+check key-hidden "the auth key is on no command line, in no child's environment, log or state file"
 
 # ------------------------------------------------------------------ pod -> tailnet
 wait_for 60 in_ns pod ping -c1 -W2 "$PEER_IP" || fail pod-address "the pod cannot ping the peer at $PEER_IP"
@@ -256,7 +259,23 @@ check guards "guard rules 5100/5110/5120 (lab, pod, service CIDRs -> main, proto
 table=$($NFT list table inet tsbridge 2>&1) || fail nft "no nftables table inet tsbridge: $table"
 echo "$table" | grep -q 'masquerade' || fail nft "inet tsbridge has no masquerade rule"
 echo "$table" | grep -q 'maxseg size set rt mtu' || fail nft "inet tsbridge has no MSS clamp"
+RULES_N=$( ($IP rule; $IP -6 rule) | grep -c 'proto 116')
+NFT_N=$(echo "$table" | grep -c -E 'masquerade|maxseg')
 check nft "table inet tsbridge with pod masquerade and MSS clamp"
+
+# ------------------------- restart: always: the service dies (SIGKILL), Talos restarts it
+OLD_PID=$(cut -d' ' -f2 /run/talos-runner/ext-tailscale)
+kill -KILL "$OLD_PID"
+new_pid() { [ "$(state)" = Running ] && [ "$(cut -d' ' -f2 /run/talos-runner/ext-tailscale)" != "$OLD_PID" ]; }
+wait_for 30 new_pid || fail restart "ext-tailscale was not restarted after SIGKILL (state: $(state))"
+wait_for 120 backend_running || fail restart "the node's tailscaled is not Running after the restart"
+[ "$(node_ip)" = "$NODE_IP" ] || fail restart "the node's address changed after the restart"
+wait_for 30 in_ns pod ping -c1 -W2 "$PEER_IP" || fail restart "the pod cannot reach the peer after the restart"
+n=$( ($IP rule; $IP -6 rule) | grep -c 'proto 116')
+[ "$n" = "$RULES_N" ] || fail restart "$n tsbridge rules after the restart, $RULES_N before: $( ($IP rule; $IP -6 rule) | grep 'proto 116')"
+n=$($NFT list table inet tsbridge | grep -c -E 'masquerade|maxseg')
+[ "$n" = "$NFT_N" ] || fail restart "$n masquerade/clamp rules after the restart, $NFT_N before"
+check restart "killed with SIGKILL, restarted (restart: always), same address, pod reaches the peer, no duplicate rules"
 
 # ------------------------------------- config change: stop, new config without key, start
 stop_runner
