@@ -41,7 +41,8 @@ for a in $("$BUSYBOX" --list); do
 done
 ln -sf ../bin/busybox "$R/sbin/modprobe"
 
-# Kernel modules: the test's list and everything they depend on (modules.dep).
+# Kernel modules: the test's list and everything they depend on (modules.dep). The MSS
+# clamp's exthdr and rt expressions are built into nf_tables.ko in 6.1.
 MODS=(tun veth overlay crc32c_generic nf_tables nft_ct nft_nat nft_masq nft_chain_nat nf_nat
   nft_fib_inet nft_fib_ipv4 nft_fib_ipv6 nft_reject_inet nf_conntrack)
 MDIR="$KDIR/lib/modules/$KVER"
