@@ -164,7 +164,7 @@ check spec "$(echo $SPECS | wc -w) service spec(s) valid by Talos's own validati
 mkdir -p /run/talos-runner/services && touch /run/talos-runner/services/containerd /run/talos-runner/services/cri
 
 NODE_KEY=$(key)
-write_config() { # write_config [KEY]
+write_config() { # write_config [KEY [repeated]]
   {
     echo "apiVersion: v1alpha1"
     echo "kind: ExtensionServiceConfig"
@@ -177,6 +177,8 @@ write_config() { # write_config [KEY]
     echo "  - TSBRIDGE_LAB_SUBNETS=192.168.10.0/24"
     echo "  - TS_DEBUG_USE_DERP_HTTP=1"
     echo "  - TS_DEBUG_FIREWALL_MODE=nftables"
+    # a repeated variable: Talos passes both, the last one must win
+    [ -n "${2:-}" ] && printf '  - TSBRIDGE_LOG_LEVEL=warn\n  - TSBRIDGE_LOG_LEVEL=info\n'
   } >"$MC"
 }
 RUNNER_PID=
@@ -280,11 +282,16 @@ check restart "killed with SIGKILL, restarted (restart: always), same address, p
 # ------------------------------------- config change: stop, new config without key, start
 stop_runner
 ms=$STOP_MS
-write_config ""
+write_config "" repeated
 grep -q TS_AUTHKEY "$MC" && fail identity "the new config still has the key"
+log_lines=$(wc -l </var/log/ext-tailscale.log)
 start_runner
 wait_for 60 svc_running ||
   fail identity "ext-tailscale is not Running again (state: $(state))"
+pid1=$(cut -d' ' -f2 /run/talos-runner/ext-tailscale)
+levels=$(tr '\0' '\n' <"/proc/$pid1/environ" | grep '^TSBRIDGE_LOG_LEVEL=' | tr '\n' ' ')
+[ "$levels" = "TSBRIDGE_LOG_LEVEL=warn TSBRIDGE_LOG_LEVEL=info " ] ||
+  fail identity "the service's environment has '$levels', Talos passes both copies in order"
 wait_for 180 backend_running || fail identity "the node's tailscaled is not Running after the restart without a key"
 NEW_IP=$(node_ip)
 [ "$NEW_IP" = "$NODE_IP" ] || fail identity "the node's address changed from $NODE_IP to '$NEW_IP'"
@@ -292,7 +299,9 @@ list=$(hs nodes list -o json)
 nodes=$(echo "$list" | tr -d ' \n' | grep -o '"given_name":"node1[^"]*"' | wc -l)
 [ "$nodes" = 1 ] || fail identity "headscale has $nodes nodes named node1: $list"
 wait_for 60 in_ns pod ping -c1 -W2 "$PEER_IP" || fail identity "the pod cannot reach the peer after the restart"
-check identity "after stop (${ms} ms), new ExtensionServiceConfig without TS_AUTHKEY, start: still node1 = $NODE_IP, pod reaches the peer"
+tail -n +"$((log_lines + 1))" /var/log/ext-tailscale.log | grep -q ' INFO ' ||
+  fail identity "no INFO lines with TSBRIDGE_LOG_LEVEL=warn then =info: the first value won"
+check identity "after stop (${ms} ms), new ExtensionServiceConfig without TS_AUTHKEY, start: still node1 = $NODE_IP, pod reaches the peer; a repeated variable: last value wins"
 
 # --------------------------------------- poweroff: Talos stops services, then powers off
 stop_runner
