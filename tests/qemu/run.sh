@@ -8,7 +8,7 @@ cd "$ROOT"
 EXT=${TSBRIDGE_QEMU_EXTENSION:-dist/extension}
 OUT=target/qemu
 # the in-VM checks, in the order vm/vm-test.sh prints them
-CHECKS=(lab spec service-running joined key-hidden pod-address pod-name guards nft restart identity poweroff)
+CHECKS=(lab spec config-wait service-running joined key-hidden pod-address pod-name guards nft restart identity poweroff)
 # TCG by default: KVM does not work on the development machines (see README).
 ACCEL=${TSBRIDGE_QEMU_ACCEL:-tcg}
 TIMEOUT=${TSBRIDGE_QEMU_TIMEOUT:-600}

@@ -139,6 +139,7 @@ key() { hs preauthkeys create --user 1 --expiration 10m -o json | sed -n 's/.*"k
 
 # the peer: a real tailscaled in kernel TUN mode with a web server
 mkdir -p /run/lab/peer /srv/peer && echo "hello from the peer" >/srv/peer/index.html
+dd if=/dev/urandom of=/srv/peer/big bs=1024 count=512 2>/dev/null
 in_ns peer env TS_DEBUG_USE_DERP_HTTP=1 TS_DEBUG_FIREWALL_MODE=nftables \
   $LAB/tailscaled --statedir=/run/lab/peer --socket=$PEER_SOCK --tun=tailscale0 \
   --no-logs-no-support --port=41641 >/run/lab/peer-tailscaled.log 2>&1 &
@@ -183,7 +184,11 @@ write_config() { # write_config [KEY [repeated]]
 }
 RUNNER_PID=
 start_runner() {
-  talos-runner -config "$MC" >>"$RUNNER_LOG" 2>&1 &
+  if [ -f "$MC" ]; then
+    talos-runner -config "$MC" >>"$RUNNER_LOG" 2>&1 &
+  else
+    talos-runner >>"$RUNNER_LOG" 2>&1 &
+  fi
   RUNNER_PID=$!
 }
 # stop_runner: like machined stopping the service (SIGTERM to all, SIGKILL after 10 s);
@@ -199,14 +204,29 @@ stop_runner() {
 }
 state() { cut -d' ' -f1 /run/talos-runner/ext-tailscale 2>/dev/null; }
 svc_running() { [ "$(state)" = Running ]; }
+# Running is reported at task start, before the container's init has exec'd the entrypoint
+is_tsbridge() { [ "$(cat /proc/$pid1/comm 2>/dev/null)" = tsbridge ]; }
 node_ip() { $LAB/tailscale --socket=$NODE_SOCK ip -4 2>/dev/null | grep '^100\.'; }
 backend_running() { $LAB/tailscale --socket=$NODE_SOCK status --json 2>/dev/null | grep -q '"BackendState": "Running"'; }
+
+# no ExtensionServiceConfig yet: `configuration: true` must keep the service waiting
+start_runner
+sleep 3
+[ "$(state)" = Waiting ] || fail config-wait "ext-tailscale is $(state) without an ExtensionServiceConfig"
+grep -q 'ext-tailscale Waiting: Waiting for ExtensionServiceConfig tailscale' "$RUNNER_LOG" ||
+  fail config-wait "ext-tailscale does not wait for its ExtensionServiceConfig"
+stop_runner
+check config-wait "without an ExtensionServiceConfig ext-tailscale waits (depends: configuration)"
 
 write_config "$NODE_KEY"
 start_runner
 wait_for 60 svc_running ||
   fail service-running "ext-tailscale is not Running (state: $(state))"
-check service-running "ext-tailscale Running as PID 1 of its own PID namespace (host PID $(cut -d' ' -f2 /run/talos-runner/ext-tailscale))"
+pid1=$(cut -d' ' -f2 /run/talos-runner/ext-tailscale)
+wait_for 10 is_tsbridge || fail service-running "PID $pid1 is not tsbridge"
+nspid=$(awk '/^NSpid:/ {print $NF}' /proc/$pid1/status)
+[ "$nspid" = 1 ] || fail service-running "tsbridge is PID $nspid in its namespace, not 1"
+check service-running "ext-tailscale Running, tsbridge is PID 1 of its own PID namespace (host PID $pid1)"
 
 wait_for 240 backend_running || fail joined "the node's tailscaled is not Running"
 NODE_IP=$(node_ip)
@@ -235,7 +255,10 @@ wait_for 60 in_ns pod ping -c1 -W2 "$PEER_IP" || fail pod-address "the pod canno
 http_get() { printf 'GET / HTTP/1.0\r\nHost: peer\r\n\r\n' | in_ns pod nc -w 10 "$1" 8080 2>&1 | tail -n1 | tr -d '\r'; }
 body=$(http_get "$PEER_IP")
 [ "$body" = "hello from the peer" ] || fail pod-address "unexpected answer: $body"
-check pod-address "the pod pings $PEER_IP and fetches http://$PEER_IP:8080/ over the tailnet"
+# 512 KiB in full-size segments: pod MTU 1500 through tailscale0's 1280 (MSS clamp)
+big=$(printf 'GET /big HTTP/1.0\r\nHost: peer\r\n\r\n' | in_ns pod nc -w 20 "$PEER_IP" 8080 | sed '1,/^\r$/d' | md5sum | cut -d' ' -f1)
+[ "$big" = "$(md5sum </srv/peer/big | cut -d' ' -f1)" ] || fail pod-address "a 512 KiB download from the peer arrived damaged or incomplete"
+check pod-address "the pod pings $PEER_IP and fetches http://$PEER_IP:8080/ (also 512 KiB intact) over the tailnet"
 
 # the answer's address (busybox nslookup: the server's own "Address:" line comes first)
 resolve() { in_ns pod nslookup "peer.$DOMAIN" 100.100.100.100 2>/dev/null | awk '/^Name:/ {n=1} n && /^Address/ {print $NF; exit}'; }
@@ -289,6 +312,7 @@ start_runner
 wait_for 60 svc_running ||
   fail identity "ext-tailscale is not Running again (state: $(state))"
 pid1=$(cut -d' ' -f2 /run/talos-runner/ext-tailscale)
+wait_for 10 is_tsbridge || fail identity "PID $pid1 is not tsbridge"
 levels=$(tr '\0' '\n' <"/proc/$pid1/environ" | grep '^TSBRIDGE_LOG_LEVEL=' | tr '\n' ' ')
 [ "$levels" = "TSBRIDGE_LOG_LEVEL=warn TSBRIDGE_LOG_LEVEL=info " ] ||
   fail identity "the service's environment has '$levels', Talos passes both copies in order"
