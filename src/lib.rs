@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod egress;
 pub mod logging;
 pub mod net;
 pub mod run;
