@@ -155,6 +155,9 @@ pub fn observed_rule(m: &RuleMessage) -> Option<ObservedRule> {
             RuleAttribute::Priority(p) => priority = *p,
             RuleAttribute::Table(t) => table = *t,
             RuleAttribute::Protocol(p) => protocol = u8::from(*p),
+            // The kernel reports these unset as -1 on every rule.
+            RuleAttribute::SuppressPrefixLen(u32::MAX)
+            | RuleAttribute::SuppressIfGroup(u32::MAX) => {}
             _ => foreign_shape = true,
         }
     }
@@ -405,6 +408,39 @@ impl Kernel for Netlink {
             what: "route get".into(),
             detail: "no route message in the answer".into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dumped_rules_are_recognised_by_shape() {
+        let mut m = rule_message(&PolicyRule {
+            priority: 5110,
+            dst: "10.244.0.0/16".parse().unwrap(),
+            table: 254,
+        });
+        // As the kernel reports it: unset suppressors as -1.
+        m.attributes
+            .push(RuleAttribute::SuppressPrefixLen(u32::MAX));
+        let o = observed_rule(&m).unwrap();
+        assert_eq!(o.protocol, RT_PROTO);
+        assert!(!o.foreign_shape);
+        assert_eq!(o.rule.dst.to_string(), "10.244.0.0/16");
+        m.attributes.push(RuleAttribute::Iifname("eth0".into()));
+        assert!(observed_rule(&m).unwrap().foreign_shape);
+        let mut m = rule_message(&PolicyRule {
+            priority: 5100,
+            dst: "10.0.0.0/8".parse().unwrap(),
+            table: 254,
+        });
+        m.header.action = RuleAction::Unspec;
+        assert!(
+            observed_rule(&m).unwrap().foreign_shape,
+            "a rule without ToTable"
+        );
     }
 }
 

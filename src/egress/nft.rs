@@ -33,7 +33,7 @@ const PAYLOAD_BASE_NETWORK: u32 = 1;
 const PAYLOAD_BASE_TRANSPORT: u32 = 2;
 const TCP_FLAG_SYN: u8 = 0x02;
 // nft_rt_keys: NFT_RT_TCPMSS is the route MTU minus IP and TCP headers.
-const NFT_RT_TCPMSS: u32 = 4;
+const NFT_RT_TCPMSS: u32 = 3;
 const NFT_BYTEORDER_HTON: u32 = 1;
 const NFT_EXTHDR_OP_TCPOPT: u32 = 1;
 const TCPOPT_MAXSEG: u8 = 2;
@@ -533,7 +533,7 @@ mod tests {
             assert!(has(&b, name), "{name:?}");
         }
         // [ rt load tcpmss => reg 1 ]
-        assert!(has(&b, &[8, 0, 1, 0, 0, 0, 0, 1, 8, 0, 2, 0, 0, 0, 0, 4]));
+        assert!(has(&b, &[8, 0, 1, 0, 0, 0, 0, 1, 8, 0, 2, 0, 0, 0, 0, 3]));
         // [ exthdr write tcpopt reg 1 => 2b @ 2 + 2 ]: type 2 (u8), offset 2, len 2, op 1, sreg 1
         assert!(has(
             &b,
