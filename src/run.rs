@@ -67,7 +67,15 @@ async fn daemon(cfg: Config) -> ExitCode {
     if cfg.lab_subnets.is_empty() {
         warn!("TSBRIDGE_LAB_SUBNETS is not set: the node's Kubernetes identity is unguarded");
     }
-    wait_for_shutdown().await
+    // The join side owns the sender; until it runs, egress works from the config alone.
+    let (_status_tx, status_rx) =
+        tokio::sync::watch::channel(crate::status::TailscaleStatus::default());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let egress = crate::egress::start(&cfg, status_rx, shutdown.clone());
+    let code = wait_for_shutdown().await;
+    shutdown.cancel();
+    crate::egress::stopped(egress).await;
+    code
 }
 
 async fn wait_for_shutdown() -> ExitCode {

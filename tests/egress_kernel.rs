@@ -469,3 +469,73 @@ fn event_driven_repair_and_teardown_on_shutdown() {
     assert!(rules.contains("5270:\tfrom all lookup 52"));
     assert!(l.node.try_sh("nft list table inet tsbridge").is_none());
 }
+
+/// `tsbridge run` as a process in the node namespace.
+fn start_daemon(ns: &Netns, extra_env: &[(&str, &str)]) -> std::process::Child {
+    let mut c = Command::new("ip");
+    c.args([
+        "netns",
+        "exec",
+        &ns.0,
+        env!("CARGO_BIN_EXE_tsbridge"),
+        "run",
+    ])
+    .env_clear()
+    .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    .env("TSBRIDGE_LAB_SUBNETS", "192.168.77.0/24")
+    .env("TSBRIDGE_POD_CIDRS", "10.244.0.0/16,fd00:10:244::/56")
+    .env("TS_STATE_DIR", format!("/tmp/{}-state", ns.0))
+    .env("TS_SOCKET", format!("/tmp/{}-state/tailscaled.sock", ns.0))
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    for (k, v) in extra_env {
+        c.env(k, v);
+    }
+    c.spawn().expect("start tsbridge")
+}
+
+#[test]
+fn daemon_adopts_after_kill_9_and_cleans_up_on_sigterm() {
+    require_tools();
+    let l = lab();
+    let count = |ns: &Netns| {
+        let rules = ns.sh("ip rule; ip -6 rule").matches("proto 116").count();
+        let nft = ns
+            .try_sh("nft list table inet tsbridge")
+            .map_or(0, |t| t.matches("comment").count());
+        (rules, nft)
+    };
+    let mut d = start_daemon(&l.node, &[]);
+    time_until(Duration::from_secs(10), || count(&l.node) == (4, 4));
+    // kill -9: no teardown, the state stays (pods keep working while it restarts).
+    d.kill().unwrap();
+    d.wait().unwrap();
+    assert_eq!(count(&l.node), (4, 4));
+    let mut d = start_daemon(&l.node, &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        count(&l.node),
+        (4, 4),
+        "a restart must adopt, not duplicate"
+    );
+    assert!(d.try_wait().unwrap().is_none(), "tsbridge exited");
+    // It still repairs.
+    l.node.sh("nft delete table inet tsbridge");
+    time_until(Duration::from_secs(5), || count(&l.node) == (4, 4));
+    // SIGTERM: ours gone, the tailscale-like rule stays.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let start = Instant::now();
+    while d.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(count(&l.node), (0, 0));
+    assert!(l.node.sh("ip rule").contains("5270:\tfrom all lookup 52"));
+}

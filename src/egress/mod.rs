@@ -98,11 +98,6 @@ impl Egress {
         mut status: watch::Receiver<TailscaleStatus>,
         shutdown: CancellationToken,
     ) -> Result<(), EgressError> {
-        if self.cfg.lab_subnets.is_empty() {
-            warn!(
-                "TSBRIDGE_LAB_SUBNETS is not set: the node's Kubernetes identity is unguarded (lab subnet guard rule and check are off)"
-            );
-        }
         // Subscribe first: a change between the first dump and the subscription would
         // otherwise go unnoticed.
         let events = events::Events::new()?;
@@ -216,6 +211,29 @@ impl Egress {
             }
         });
         ok
+    }
+}
+
+/// Starts the reconciler as a task (the one line `run.rs` needs). The returned health
+/// receiver is for the health server; the pair is for [`stopped`].
+pub fn start(
+    cfg: &crate::config::Config,
+    status: watch::Receiver<TailscaleStatus>,
+    shutdown: CancellationToken,
+) -> (tokio::task::JoinHandle<()>, watch::Receiver<EgressHealth>) {
+    let (egress, health) = Egress::new(cfg);
+    let task = tokio::spawn(async move {
+        if let Err(e) = egress.run(status, shutdown).await {
+            error!(error = %e, "egress reconciler stopped: pods cannot reach the tailnet");
+        }
+    });
+    (task, health)
+}
+
+/// Waits until the reconciler has removed its state after shutdown was requested.
+pub async fn stopped(started: (tokio::task::JoinHandle<()>, watch::Receiver<EgressHealth>)) {
+    if let Err(e) = started.0.await {
+        error!(error = %e, "egress reconciler task failed");
     }
 }
 
