@@ -1028,7 +1028,10 @@ impl Drop for Lab {
         for ns in namespaces.iter().rev() {
             remove_ns(ns.name());
         }
-        let _ = fs::remove_dir_all(&self.dir);
+        // TSBRIDGE_LAB_KEEP=1 keeps the lab's files (logs, state) for a post-mortem.
+        if std::env::var_os("TSBRIDGE_LAB_KEEP").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
