@@ -33,7 +33,12 @@ impl World {
     }
 
     /// The node environment with `extra` appended (later entries win).
-    fn env(&self, host: &Host, key: Option<&AuthKey>, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    fn env(
+        &self,
+        host: &Host,
+        key: Option<&AuthKey>,
+        extra: &[(&str, &str)],
+    ) -> Vec<(String, String)> {
         let mut env = self.lab.node_env(&self.control, host);
         if let Some(k) = key {
             env.push(("TS_AUTHKEY".into(), k.key.clone()));
@@ -104,7 +109,13 @@ fn fresh_node_joins_and_a_peer_pings_it() {
         .expect("the peer pings the node over the tailnet");
     w.wait_log(&ts, "tailnet status", Duration::from_secs(10));
     let log = w.lab.log(&ts);
-    assert!(log.contains("source=\"tailscaled\"") || log.contains("source=tailscaled"), "tailscaled output is forwarded");
-    assert!(log.contains(&addr.to_string()), "the log shows the tailnet address");
+    assert!(
+        log.contains("source=\"tailscaled\"") || log.contains("source=tailscaled"),
+        "tailscaled output is forwarded"
+    );
+    assert!(
+        log.contains(&addr.to_string()),
+        "the log shows the tailnet address"
+    );
     assert_eq!(w.lab.try_wait(&ts), None, "tsbridge keeps running");
 }
