@@ -361,6 +361,10 @@ fn pod_reaches_peer_by_address_and_by_name() {
         },
     );
     assert_eq!(svc.last_source(), Some(IpAddr::V4(node_v4)));
+    eprintln!(
+        "pod {} -> peer {}:{PORT}: ok; the peer saw the node's tailnet address {node_v4}",
+        w.pod.addr_v4, w.peer.ip4
+    );
 
     // 2. By fd7a:115c:a1e0:: address from the pod's IPv6 address.
     let peer_v6 = w.peer.ip6.expect("the peer has an IPv6 tailnet address");
@@ -370,6 +374,10 @@ fn pod_reaches_peer_by_address_and_by_name() {
     assert!(
         matches!(src6, IpAddr::V6(a) if a.segments()[..3] == [0xfd7a, 0x115c, 0xa1e0]),
         "the peer saw {src6}, not the node's tailnet IPv6 address"
+    );
+    eprintln!(
+        "pod {} -> peer [{peer_v6}]:{PORT}: ok; the peer saw {src6}",
+        w.pod.addr_v6
     );
 
     // 3. 20 MB each way; every SYN's MSS fit tailscale0's MTU (1280 - 40).
@@ -391,6 +399,10 @@ fn pod_reaches_peer_by_address_and_by_name() {
     };
     assert_eq!(packets("big"), 0, "{counters}");
     assert!(packets("fits") >= 4, "{counters}");
+    eprintln!(
+        "every SYN reaching the peer had MSS <= 1240 ({} SYNs)",
+        packets("fits")
+    );
 
     // 4. The pod asks 100.100.100.100 (through the node) for the peer's MagicDNS name.
     let name = format!("peer.{}", tsbridge_lab::BASE_DOMAIN);
@@ -400,6 +412,10 @@ fn pod_reaches_peer_by_address_and_by_name() {
     .expect("the pod resolves the peer's name");
     assert!(addrs.contains(&w.peer.ip4), "{name} -> {addrs:?}");
     pod_echo(&w.pod.ns, IpAddr::V4(addrs[0])).expect("pod -> peer by name");
+    eprintln!(
+        "pod asked 100.100.100.100 for {name}: {addrs:?}; connected to {}:{PORT}: ok",
+        addrs[0]
+    );
 }
 
 /// Tests 5 and 6: deletions are repaired (timed), and a tailscaled crash is survived.
