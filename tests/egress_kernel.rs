@@ -539,3 +539,64 @@ fn daemon_adopts_after_kill_9_and_cleans_up_on_sigterm() {
     assert_eq!(count(&l.node), (0, 0));
     assert!(l.node.sh("ip rule").contains("5270:\tfrom all lookup 52"));
 }
+
+#[test]
+fn notifications_report_changes_and_overruns() {
+    require_tools();
+    let ns = Netns::new("events");
+    let name = ns.0.clone();
+    ns.run(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let sh = |cmd: &str| {
+                let ok = Command::new("ip")
+                    .args(["netns", "exec", &name, "sh", "-ec", cmd])
+                    .status()
+                    .unwrap()
+                    .success();
+                assert!(ok, "{cmd}");
+            };
+            let ev = tsbridge::egress::events::Events::new().unwrap();
+            // An nftables change and a rule change each wake the reconciler.
+            sh("nft add table inet someone");
+            let e = tokio::time::timeout(Duration::from_secs(2), ev.next()).await;
+            assert!(matches!(e, Ok(Ok(_))), "no nftables notification: {e:?}");
+            sh("ip rule add pref 4000 to 10.9.0.0/16 lookup main");
+            let e = tokio::time::timeout(Duration::from_secs(2), ev.next()).await;
+            assert!(matches!(e, Ok(Ok(_))), "no rule notification: {e:?}");
+            // A tiny buffer and a burst of changes: the kernel drops notifications and
+            // says so (ENOBUFS), which must come out as an overrun (full resync).
+            let small = tsbridge::egress::events::Events::with_buffer(1024).unwrap();
+            let mut batch = String::from("link set lo up\n");
+            for i in 0..2000 {
+                batch.push_str(&format!(
+                    "route add 10.{}.{}.0/24 dev lo table 100\n",
+                    i / 256,
+                    i % 256
+                ));
+            }
+            let file = format!("/tmp/{name}.batch");
+            std::fs::write(&file, batch).unwrap();
+            sh(&format!("ip -batch {file}"));
+            let _ = std::fs::remove_file(&file);
+            let mut overrun = false;
+            for _ in 0..100 {
+                match tokio::time::timeout(Duration::from_millis(200), small.next()).await {
+                    Ok(Ok(tsbridge::egress::events::Event::Overrun)) => {
+                        overrun = true;
+                        break;
+                    }
+                    Ok(Ok(_)) => continue,
+                    _ => break,
+                }
+            }
+            assert!(
+                overrun,
+                "no overrun reported for 2000 unread route notifications"
+            );
+        });
+    });
+}

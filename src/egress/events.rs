@@ -31,13 +31,13 @@ pub struct Events {
     nft: AsyncFd<Socket>,
 }
 
-fn subscribe(proto: isize, groups: &[u32]) -> io::Result<AsyncFd<Socket>> {
+fn subscribe(proto: isize, groups: &[u32], rcvbuf: usize) -> io::Result<AsyncFd<Socket>> {
     let mut s = Socket::new(proto)?;
     s.bind_auto()?;
     for g in groups {
         s.add_membership(*g)?;
     }
-    s.set_rx_buf_sz(4 << 20).ok();
+    s.set_rx_buf_sz(rcvbuf).ok();
     s.set_non_blocking(true)?;
     // SAFETY: the socket is owned by the AsyncFd for its whole life and is never closed
     // or duplicated behind its back.
@@ -49,6 +49,12 @@ impl Events {
     /// Subscribes; call before the first dump so no change between dump and subscription
     /// is missed.
     pub fn new() -> io::Result<Self> {
+        Self::with_buffer(4 << 20)
+    }
+
+    /// With a given receive buffer (the kernel doubles it and has a minimum); small
+    /// buffers overrun early, which tests use.
+    pub fn with_buffer(rcvbuf: usize) -> io::Result<Self> {
         Ok(Events {
             route: subscribe(
                 netlink_sys::constants::NETLINK_ROUTE,
@@ -61,10 +67,12 @@ impl Events {
                     RTNLGRP_IPV6_ROUTE,
                     RTNLGRP_IPV6_RULE,
                 ],
+                rcvbuf,
             )?,
             nft: subscribe(
                 netlink_sys::constants::NETLINK_NETFILTER,
                 &[NFNLGRP_NFTABLES],
+                rcvbuf,
             )?,
         })
     }

@@ -28,8 +28,10 @@ use plan::{Desired, EgressConfig};
 /// Events within this window after the first are handled in one pass (tailscaled adds
 /// routes in bursts).
 pub const DEBOUNCE: Duration = Duration::from_millis(20);
-/// After a failed pass (e.g. nf_tables momentarily busy), try again after this long.
+/// After a failed pass (e.g. nf_tables momentarily busy), try again after this long,
+/// doubling up to [`RETRY_MAX`] while it keeps failing.
 pub const RETRY: Duration = Duration::from_secs(1);
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
@@ -113,6 +115,7 @@ impl Egress {
         let mut deadline = Some(Instant::now());
         let mut status_open = true;
         let mut generation = status.borrow().tailscaled_generation;
+        let mut retry = RETRY;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -143,8 +146,11 @@ impl Egress {
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     deadline = None;
-                    if !self.pass(&mut k, generation) {
-                        deadline = Some(Instant::now() + RETRY);
+                    if self.pass(&mut k, generation) {
+                        retry = RETRY;
+                    } else {
+                        deadline = Some(Instant::now() + retry);
+                        retry = (retry * 2).min(RETRY_MAX);
                     }
                 }
             }
