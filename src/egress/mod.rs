@@ -28,9 +28,9 @@ use plan::{Desired, EgressConfig};
 /// Events within this window after the first are handled in one pass (tailscaled adds
 /// routes in bursts).
 pub const DEBOUNCE: Duration = Duration::from_millis(20);
-/// After a failed pass (e.g. nf_tables momentarily busy), try again after this long,
-/// doubling up to [`RETRY_MAX`] while it keeps failing.
-pub const RETRY: Duration = Duration::from_secs(1);
+/// After a failed pass (e.g. a rule deleted by someone between our dump and our batch),
+/// try again after this long, doubling up to [`RETRY_MAX`] while it keeps failing.
+pub const RETRY: Duration = Duration::from_millis(50);
 pub const RETRY_MAX: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
@@ -128,8 +128,8 @@ impl Egress {
                     }
                     Err(e) => {
                         error!(error = %e, "reading kernel notifications failed; retrying");
-                        deadline.get_or_insert_with(|| Instant::now() + RETRY);
-                        tokio::time::sleep(RETRY).await;
+                        deadline.get_or_insert_with(Instant::now);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 },
                 r = status.changed(), if status_open => {
