@@ -242,6 +242,41 @@ fn installs_rules_and_table_idempotently_and_tears_down_only_its_own() {
     ] {
         assert!(t.contains(want), "missing {want:?} in\n{t}");
     }
+    // `tsbridge check`'s view: nothing pending.
+    let snap = l
+        .node
+        .run(|| tsbridge::egress::snapshot(&cfg(true, true)).unwrap());
+    assert!(snap.pending.is_empty(), "{snap:?}");
+    assert!(
+        matches!(snap.pod_path, guard::PodPath::Ok { .. }),
+        "{snap:?}"
+    );
+    // A batch whose last op fails is refused as a whole, and the error is reported.
+    l.node.run(|| {
+        let mut k = Netlink::new().unwrap();
+        assert!(k.dump_nft().unwrap().is_some());
+        let r = k.apply_nft(&[
+            plan::NftOp::AddRule {
+                chain: plan::CHAIN_FORWARD.into(),
+                rule: plan::NftRule::MssClamp {
+                    dir: plan::Direction::Out,
+                    ifname: "extra0".into(),
+                },
+            },
+            plan::NftOp::DelRule {
+                chain: plan::CHAIN_FORWARD.into(),
+                handle: 999_999,
+            },
+        ]);
+        assert!(r.is_err(), "a failed batch reported success");
+    });
+    assert_eq!(
+        l.node
+            .sh("nft list table inet tsbridge | grep -c comment")
+            .trim(),
+        "4",
+        "the batch's first op must not land"
+    );
     // A second instance (a restart) adopts: nothing to do, nothing duplicated.
     let ch = reconcile_in(&l.node, cfg(true, true));
     assert!(ch.is_empty(), "{ch:?}");

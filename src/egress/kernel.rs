@@ -268,10 +268,11 @@ impl Kernel for Netlink {
         if ops.is_empty() {
             return Ok(());
         }
-        let seq = self.nft.take_seqs(ops.len() as u32 + 2);
+        let n = ops.len() as u32 + 2;
+        let seq = self.nft.take_seqs(n);
         let b = nft::batch(ops, seq);
         self.nft
-            .send_batch("apply the nftables batch", &b.bytes, b.acks)
+            .send_batch("apply the nftables batch", &b.bytes, seq..seq + n, b.acks)
     }
 
     fn links(&mut self) -> Result<Vec<Link>, NlError> {

@@ -220,6 +220,31 @@ impl Egress {
     }
 }
 
+/// A read-only look at this node (for `tsbridge check`): what a reconcile pass would
+/// change, and the two verdicts. Changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Empty when tsbridge's objects are all in place.
+    pub pending: plan::Changes,
+    pub identity: Identity,
+    pub pod_path: PodPath,
+}
+
+pub fn snapshot(cfg: &EgressConfig) -> Result<Snapshot, nl::NlError> {
+    let mut k = Netlink::new()?;
+    snapshot_with(&mut k, cfg)
+}
+
+pub fn snapshot_with(k: &mut dyn Kernel, cfg: &EgressConfig) -> Result<Snapshot, nl::NlError> {
+    let rules = k.dump_rules()?;
+    let nft = k.dump_nft()?;
+    Ok(Snapshot {
+        pending: plan::diff(&plan::desired(cfg), &rules, &nft),
+        identity: guard::identity(k, cfg),
+        pod_path: guard::pod_path(k, cfg),
+    })
+}
+
 /// Starts the reconciler as a task (the one line `run.rs` needs). The returned health
 /// receiver is for the health server; the pair is for [`stopped`].
 pub fn start(

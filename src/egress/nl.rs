@@ -131,15 +131,26 @@ impl NlSocket {
         }
     }
 
-    /// Sends pre-built messages in one datagram (an nftables batch) and waits for one ACK
-    /// or error per message that asked for an ACK. Returns the first error.
-    pub fn send_batch(&mut self, what: &str, bytes: &[u8], acks: usize) -> Result<(), NlError> {
+    /// Sends pre-built messages in one datagram (an nftables batch whose sequence numbers
+    /// are `seqs`) and waits for one ACK or error per message that asked for an ACK.
+    /// Returns the first error. Answers with other sequence numbers (the ACK of an
+    /// earlier GET) are not counted.
+    pub fn send_batch(
+        &mut self,
+        what: &str,
+        bytes: &[u8],
+        seqs: std::ops::Range<u32>,
+        acks: usize,
+    ) -> Result<(), NlError> {
         self.send(bytes)?;
         let mut got = 0;
         let mut first_err = None;
         while got < acks {
             let data = self.recv(what)?;
-            for (_, res) in split::<netlink_packet_netfilter::NetfilterMessage>(&data) {
+            for (seq, res) in split::<netlink_packet_netfilter::NetfilterMessage>(&data) {
+                if !seqs.contains(&seq) {
+                    continue;
+                }
                 if let Ok(m) = res {
                     if let NetlinkPayload::Error(e) = m.payload {
                         got += 1;
@@ -167,6 +178,9 @@ impl NlSocket {
     /// The sequence number the next batch should start from; batch messages carry their
     /// own sequence numbers.
     pub fn take_seqs(&mut self, n: u32) -> u32 {
+        if self.seq > u32::MAX / 2 {
+            self.seq = 1;
+        }
         let first = self.next_seq();
         self.seq = self.seq.wrapping_add(n);
         first
