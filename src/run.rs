@@ -122,15 +122,20 @@ async fn daemon(cfg: Config) -> ExitCode {
         _ = int.recv() => "SIGINT",
     };
     info!(signal = sig, "shutting down");
-    let _ = shutdown_tx.send(true);
+    // tsbridge's kernel state goes first (one netlink batch), while tailscaled still runs.
     egress_stop.cancel();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        crate::egress::stopped(egress),
+    )
+    .await;
+    let _ = shutdown_tx.send(true);
     // Talos sends SIGKILL 10 s after SIGTERM: tailscaled gets 8 s, everything is done
     // before 10 s.
     let deadline = std::time::Duration::from_millis(9500);
     if tokio::time::timeout(deadline, async {
         let _ = joiner.await;
         let _ = supervisor.await;
-        crate::egress::stopped(egress).await;
     })
     .await
     .is_err()

@@ -589,10 +589,33 @@ fn sigterm_cleans_up_and_a_killed_instance_is_adopted() {
     let table = w.node_sh("nft list ruleset").unwrap();
     assert_eq!(table.matches("table inet tsbridge").count(), 1, "{table}");
 
-    // 8. SIGTERM: ours gone (the kernel tests show tailscale's rules are left alone).
-    let st = w
-        .lab
-        .signal_and_wait(&ts, Signal::SIGTERM, Duration::from_secs(10));
+    // 8. SIGTERM: ours go first, while tailscaled still runs and its rules and nft
+    // chains are still there; then tsbridge exits.
+    let tailscale_state = w.node_sh("ip rule; nft list tables").unwrap();
+    assert!(tailscale_state.contains("lookup 52"), "{tailscale_state}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(ts.pid as i32), Signal::SIGTERM).unwrap();
+    let start = Instant::now();
+    let snapshot = loop {
+        let s = w
+            .node_sh("ip rule; ip -6 rule; nft list tables")
+            .unwrap_or_default();
+        if !s.contains("proto 116") && !s.contains("inet tsbridge") {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "state not removed: {s}"
+        );
+    };
+    assert!(
+        snapshot.contains("5270:\tfrom all lookup 52"),
+        "tailscale's rules went with ours: {snapshot}"
+    );
+    assert!(
+        snapshot.contains("table ip filter"),
+        "tailscale's nftables went with ours: {snapshot}"
+    );
+    let st = w.lab.wait_exit(&ts, Duration::from_secs(10));
     assert!(
         st.is_some_and(|s| s.success()),
         "exit after SIGTERM: {st:?}"
@@ -609,6 +632,7 @@ fn sigterm_cleans_up_and_a_killed_instance_is_adopted() {
         "{}",
         tsbridge_lab::tail(&log, 20)
     );
+    eprintln!("after SIGTERM, ours gone while tailscale's remain:\n{snapshot}");
 }
 
 /// Test 10: without tsbridge's SNAT the pod cannot reach the peer.
