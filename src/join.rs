@@ -626,6 +626,12 @@ mod tests {
             ),
             UpFailure::TagsRejected(_)
         ));
+        // Recorded from the real `tailscale up` (tests/fixtures/README.md).
+        let recorded = include_str!("../tests/fixtures/up-expired-key.stderr");
+        assert!(
+            matches!(classify_up_failure(recorded), UpFailure::KeyRejected(_)),
+            "{recorded}"
+        );
         let f = classify_up_failure("something else\n\n");
         assert_eq!(f, UpFailure::Other("something else".into()));
         assert!(
