@@ -127,6 +127,7 @@ pub fn up_args(cfg: &Config, key_fd: Option<i32>) -> Vec<String> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UpFailure {
     KeyRejected(String),
+    TagsRejected(String),
     KeyUnreadable(String),
     Timeout(String),
     Other(String),
@@ -138,6 +139,10 @@ impl std::fmt::Display for UpFailure {
             UpFailure::KeyRejected(d) => write!(
                 f,
                 "the control server rejected the auth key (expired, already used, or wrong): set a fresh TS_AUTHKEY ({d})"
+            ),
+            UpFailure::TagsRejected(d) => write!(
+                f,
+                "the control server refused the requested tags: check --advertise-tags in TS_EXTRA_ARGS against the tailnet policy's tagOwners (a tagged auth key brings its own tags) ({d})"
             ),
             UpFailure::KeyUnreadable(d) => write!(f, "cannot read the auth key: {d}"),
             UpFailure::Timeout(d) => write!(
@@ -158,7 +163,9 @@ pub fn classify_up_failure(stderr: &str) -> UpFailure {
         .collect::<Vec<_>>()
         .join(" | ");
     let lower = detail.to_ascii_lowercase();
-    if [
+    if lower.contains("tags") && (lower.contains("not permitted") || lower.contains("invalid")) {
+        UpFailure::TagsRejected(detail)
+    } else if [
         "invalid key",
         "authkey",
         "auth key",
@@ -303,6 +310,7 @@ pub async fn run(
         };
         info!(socket = %cfg.socket.display(), "following tailscaled's LocalAPI");
         let mut state = BackendState::NoState;
+        let mut seen = Seen::default();
         let mut applied = false;
         let mut inflight: Option<(UpFuture, bool)> = None;
         loop {
@@ -361,7 +369,7 @@ pub async fn run(
             tokio::select! {
                 n = w.next() => match n {
                     Ok(Some(n)) => {
-                        if let Some(s) = on_notify(&api, &status, &n).await {
+                        if let Some(s) = on_notify(&api, &status, &n, &mut seen).await {
                             if s != state {
                                 info!(state = %s, "tailscaled state");
                             }
@@ -421,19 +429,31 @@ fn report_now(status: &watch::Sender<TailscaleStatus>, last: &mut Option<String>
 }
 
 /// Applies one Notify to the status; returns the new backend state if it said one.
+/// The last error and health text logged, so repeats are not logged again.
+#[derive(Default)]
+struct Seen {
+    err: Option<String>,
+    health: Option<String>,
+}
+
 async fn on_notify(
     api: &LocalApi,
     status: &watch::Sender<TailscaleStatus>,
     n: &Notify,
+    seen: &mut Seen,
 ) -> Option<BackendState> {
-    if let Some(e) = &n.err_message {
+    if let Some(e) = &n.err_message
+        && seen.err.as_deref() != Some(e.as_str())
+    {
         warn!(error = %redact(e), "tailscaled reports an error");
+        seen.err = Some(e.clone());
     }
     if let Some(h) = &n.health {
-        let msgs = h.messages();
-        if !msgs.is_empty() {
-            info!(warnings = %redact(&msgs.join(" | ")), "tailscaled health");
+        let msgs = redact(&h.messages().join(" | ")).into_owned();
+        if !msgs.is_empty() && seen.health.as_deref() != Some(msgs.as_str()) {
+            info!(warnings = %msgs, "tailscaled health");
         }
+        seen.health = Some(msgs);
     }
     let state = n.backend();
     if let Some(s) = state {
@@ -600,6 +620,18 @@ mod tests {
             classify_up_failure("timeout waiting for Tailscale service to enter a Running state"),
             UpFailure::Timeout(_)
         ));
+        assert!(matches!(
+            classify_up_failure(
+                "backend error: handling register with auth key: creating new node: requested tags [tag:lab] are invalid or not permitted"
+            ),
+            UpFailure::TagsRejected(_)
+        ));
+        // Recorded from the real `tailscale up` (tests/fixtures/README.md).
+        let recorded = include_str!("../tests/fixtures/up-expired-key.stderr");
+        assert!(
+            matches!(classify_up_failure(recorded), UpFailure::KeyRejected(_)),
+            "{recorded}"
+        );
         let f = classify_up_failure("something else\n\n");
         assert_eq!(f, UpFailure::Other("something else".into()));
         assert!(

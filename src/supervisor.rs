@@ -521,9 +521,7 @@ mod tests {
         let mut a = reaper
             .spawn(Command::new("/bin/sh").args(["-c", "exit 3"]))
             .unwrap();
-        let mut b = reaper
-            .spawn(&mut Command::new("/bin/sleep").arg("30"))
-            .unwrap();
+        let mut b = reaper.spawn(Command::new("/bin/sleep").arg("30")).unwrap();
         assert_eq!((&mut a.exit).await.unwrap(), Exit::Code(3));
         let e = terminate(b.pid, &mut b.exit, Duration::from_secs(2)).await;
         assert_eq!(e, Some(Exit::Signal(Signal::SIGTERM as i32)));
