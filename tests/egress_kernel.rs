@@ -505,8 +505,15 @@ fn event_driven_repair_and_teardown_on_shutdown() {
     assert!(l.node.try_sh("nft list table inet tsbridge").is_none());
 }
 
-/// `tsbridge run` as a process in the node namespace.
-fn start_daemon(ns: &Netns, extra_env: &[(&str, &str)]) -> std::process::Child {
+/// `tsbridge run` as a process in the node namespace; its log goes to `log`. No
+/// tailscaled is needed: the egress side works from the configuration alone.
+fn start_daemon(
+    ns: &Netns,
+    extra_env: &[(&str, &str)],
+    log: &std::path::Path,
+) -> std::process::Child {
+    let dir = std::env::temp_dir().join(format!("{}-state", ns.0));
+    let out = std::fs::File::create(log).expect("log file");
     let mut c = Command::new("ip");
     c.args([
         "netns",
@@ -519,14 +526,82 @@ fn start_daemon(ns: &Netns, extra_env: &[(&str, &str)]) -> std::process::Child {
     .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
     .env("TSBRIDGE_LAB_SUBNETS", "192.168.77.0/24")
     .env("TSBRIDGE_POD_CIDRS", "10.244.0.0/16,fd00:10:244::/56")
-    .env("TS_STATE_DIR", format!("/tmp/{}-state", ns.0))
-    .env("TS_SOCKET", format!("/tmp/{}-state/tailscaled.sock", ns.0))
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null());
+    .env("TSBRIDGE_LISTEN", "off")
+    .env("TS_STATE_DIR", dir.join("state"))
+    .env("TS_SOCKET", dir.join("tailscaled.sock"))
+    .stdout(out.try_clone().unwrap())
+    .stderr(out);
     for (k, v) in extra_env {
         c.env(k, v);
     }
     c.spawn().expect("start tsbridge")
+}
+
+fn log_path(ns: &Netns, n: u32) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{}-tsbridge-{n}.log", ns.0))
+}
+
+fn stop(mut d: std::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let start = Instant::now();
+    while d.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn daemon_reports_the_node_identity_verdict() {
+    require_tools();
+    let l = lab();
+    let wait_log = |path: &std::path::Path, needle: &str| {
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "no {needle:?} in:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let log = log_path(&l.node, 1);
+    let d = start_daemon(&l.node, &[], &log);
+    let text = wait_log(&log, "node identity on the lab subnet");
+    assert!(
+        text.contains("addr=192.168.77.10") && text.contains("ifname=lab0"),
+        "{text}"
+    );
+    wait_log(&log, "pod path to the tailnet ok");
+    stop(d);
+    // A lab subnet the node has no address in: a warning naming the problem.
+    let log = log_path(&l.node, 2);
+    let d = start_daemon(&l.node, &[("TSBRIDGE_LAB_SUBNETS", "172.31.9.0/24")], &log);
+    let text = wait_log(&log, "node identity is at risk");
+    assert!(
+        text.contains("no address in TSBRIDGE_LAB_SUBNETS"),
+        "{text}"
+    );
+    stop(d);
+    // No lab subnets: the identity is unguarded, and the log says so.
+    let log = log_path(&l.node, 3);
+    let d = start_daemon(&l.node, &[("TSBRIDGE_LAB_SUBNETS", "")], &log);
+    wait_log(&log, "TSBRIDGE_LAB_SUBNETS is not set");
+    stop(d);
+    for n in 1..=3 {
+        let _ = std::fs::remove_file(log_path(&l.node, n));
+    }
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-state", l.node.0)));
 }
 
 #[test]
@@ -540,13 +615,13 @@ fn daemon_adopts_after_kill_9_and_cleans_up_on_sigterm() {
             .map_or(0, |t| t.matches("comment").count());
         (rules, nft)
     };
-    let mut d = start_daemon(&l.node, &[]);
+    let mut d = start_daemon(&l.node, &[], &log_path(&l.node, 10));
     time_until(Duration::from_secs(10), || count(&l.node) == (4, 4));
     // kill -9: no teardown, the state stays (pods keep working while it restarts).
     d.kill().unwrap();
     d.wait().unwrap();
     assert_eq!(count(&l.node), (4, 4));
-    let mut d = start_daemon(&l.node, &[]);
+    let mut d = start_daemon(&l.node, &[], &log_path(&l.node, 11));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         count(&l.node),
@@ -558,21 +633,13 @@ fn daemon_adopts_after_kill_9_and_cleans_up_on_sigterm() {
     l.node.sh("nft delete table inet tsbridge");
     time_until(Duration::from_secs(5), || count(&l.node) == (4, 4));
     // SIGTERM: ours gone, the tailscale-like rule stays.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(d.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let start = Instant::now();
-    while d.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "no exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    stop(d);
     assert_eq!(count(&l.node), (0, 0));
     assert!(l.node.sh("ip rule").contains("5270:\tfrom all lookup 52"));
+    for n in [10, 11] {
+        let _ = std::fs::remove_file(log_path(&l.node, n));
+    }
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-state", l.node.0)));
 }
 
 #[test]
