@@ -142,11 +142,17 @@ pub fn pod_path(k: &mut dyn Kernel, cfg: &EgressConfig) -> PodPath {
     let own = addrs_of(&addrs);
     let mut checked = Vec::new();
     for pod in &cfg.pod_cidrs {
-        let local = routes.iter().find(|r| {
+        // The node's own pods sit behind a directly connected route (cni0, a veth);
+        // routes to other nodes' pods (via a gateway, e.g. flannel.1) are the fallback.
+        let candidates = routes.iter().filter(|r| {
             pod.contains(r.dst.addr())
                 && r.dst.prefix_len() >= pod.prefix_len()
                 && r.oif.is_some_and(|o| o != tun.index)
         });
+        let local = candidates
+            .clone()
+            .find(|r| !r.via_gateway)
+            .or(candidates.clone().next());
         let Some(local) = local else { continue };
         let Some(src) = neighbour(&local.dst, &own) else {
             continue;
@@ -244,10 +250,18 @@ mod tests {
                 Route {
                     dst: "0.0.0.0/0".parse().unwrap(),
                     oif: Some(2),
+                    via_gateway: true,
+                },
+                // Another node's pods, through an overlay: not the one to ask from.
+                Route {
+                    dst: "10.244.2.0/24".parse().unwrap(),
+                    oif: Some(9),
+                    via_gateway: true,
                 },
                 Route {
                     dst: "10.244.1.0/24".parse().unwrap(),
                     oif: Some(7),
+                    via_gateway: false,
                 },
             ],
             ..Default::default()

@@ -38,6 +38,8 @@ pub struct Addr {
 pub struct Route {
     pub dst: Cidr,
     pub oif: Option<u32>,
+    /// Reached through a gateway (not directly connected).
+    pub via_gateway: bool,
 }
 
 /// The kernel's answer to "where would this packet go" (RTM_GETROUTE).
@@ -339,11 +341,13 @@ impl Kernel for Netlink {
                 let mut table = r.header.table as u32;
                 let mut dst = None;
                 let mut oif = None;
+                let mut via_gateway = false;
                 for a in &r.attributes {
                     match a {
                         RouteAttribute::Table(t) => table = *t,
                         RouteAttribute::Destination(d) => dst = route_addr(d),
                         RouteAttribute::Oif(o) => oif = Some(*o),
+                        RouteAttribute::Gateway(_) | RouteAttribute::Via(_) => via_gateway = true,
                         _ => {}
                     }
                 }
@@ -356,7 +360,11 @@ impl Kernel for Netlink {
                     IpAddr::from([0u8; 16])
                 });
                 if let Ok(dst) = Cidr::new_truncating(dst, r.header.destination_prefix_length) {
-                    out.push(Route { dst, oif });
+                    out.push(Route {
+                        dst,
+                        oif,
+                        via_gateway,
+                    });
                 }
             }
         }
