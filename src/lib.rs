@@ -5,8 +5,12 @@
 
 pub mod cli;
 pub mod config;
+pub mod egress;
+pub mod join;
+pub mod localapi;
 pub mod logging;
 pub mod net;
 pub mod run;
 pub mod secret;
 pub mod status;
+pub mod supervisor;
