@@ -92,6 +92,7 @@ impl Tools {
         let bin = std::env::var_os("TSBRIDGE_TOOLS_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/bin"));
+        let bin = bin.canonicalize().unwrap_or(bin);
         let tool = |name: &str| -> Result<PathBuf> {
             let p = bin.join(name);
             if p.is_file() {
