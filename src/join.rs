@@ -230,6 +230,8 @@ pub async fn run_up(cfg: &Config, reaper: &Reaper, key: Option<Secret>) -> Resul
         .spawn(&mut cmd)
         .map_err(|e| UpFailure::Other(format!("cannot start {}: {e}", cfg.tailscale.display())))?;
     drop(pipe);
+    // Dropped on shutdown while `up` still runs: do not leave it behind.
+    let mut guard = KillOnDrop(Some(child.pid));
     let out = read_all(child.stdout.take());
     let err = read_all(child.stderr.take());
     let exit = tokio::select! {
@@ -238,6 +240,9 @@ pub async fn run_up(cfg: &Config, reaper: &Reaper, key: Option<Secret>) -> Resul
             terminate(child.pid, &mut child.exit, Duration::from_secs(2)).await
         }
     };
+    if exit.is_some() {
+        guard.0 = None;
+    }
     let (out, err) = tokio::join!(out, err);
     for line in out
         .lines()
@@ -258,6 +263,20 @@ pub async fn run_up(cfg: &Config, reaper: &Reaper, key: Option<Secret>) -> Resul
             Err(classify_up_failure(&text))
         }
         None => Err(UpFailure::Timeout("tailscale up did not exit".into())),
+    }
+}
+
+/// SIGKILLs a child that is still running when this is dropped.
+struct KillOnDrop(Option<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 

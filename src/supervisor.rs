@@ -158,7 +158,8 @@ pub async fn terminate(
 }
 
 /// Forwards a child's output, line by line, as log events tagged with the source,
-/// redacted. Returns when the pipe closes.
+/// redacted. Reads until the pipe closes: stopping early would make the child's next
+/// write fail (a Go program dies of SIGPIPE writing to a closed stderr).
 pub async fn forward_output(source: &'static str, stream: &'static str, fd: OwnedFd) {
     let rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
         Ok(rx) => rx,
@@ -167,19 +168,21 @@ pub async fn forward_output(source: &'static str, stream: &'static str, fd: Owne
             return;
         }
     };
-    let mut lines = BufReader::new(rx).lines();
+    let mut reader = BufReader::new(rx);
+    let mut buf = Vec::new();
     loop {
-        match lines.next_line().await {
-            Ok(Some(line)) => {
-                let line = strip_go_timestamp(&line);
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&buf);
+                let line = strip_go_timestamp(text.trim_end());
                 if !line.trim().is_empty() {
                     info!(source, stream, line = %redact(line));
                 }
             }
-            Ok(None) => return,
             Err(e) => {
-                // Non-UTF-8 output ends up here; keep reading would need raw lines.
-                debug!(source, error = %e, "output stream ended");
+                debug!(source, error = %e, "output stream failed");
                 return;
             }
         }

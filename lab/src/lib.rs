@@ -982,6 +982,20 @@ logtail:
         )
     }
 
+    /// Like [`Lab::start_tsbridge`], but tsbridge is PID 1 of a new PID namespace (as in
+    /// its Talos container): orphans are re-parented to it. The returned process is
+    /// `unshare`'s; tsbridge is its only child (`--kill-child` ends it with `unshare`).
+    pub fn start_tsbridge_as_pid1(&self, host: &Host, env: &[(String, String)]) -> Result<Proc> {
+        let bin = self.tools.tsbridge.to_string_lossy().into_owned();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.spawn(
+            &host.ns,
+            &format!("{}-tsbridge", host.role),
+            &["unshare", "--pid", "--fork", "--kill-child", &bin, "run"],
+            &env,
+        )
+    }
+
     /// On panic: the last lines of every process log, so CI shows what happened.
     fn dump_logs(&self) {
         let i = self.inner();
