@@ -75,12 +75,18 @@ impl Problem {
 
 /// The join decision.
 pub fn decide(i: Inputs) -> Action {
-    if i.in_flight || i.backing_off {
+    if i.in_flight {
         return Action::Wait;
     }
     match i.state {
         // Not known yet, or logged in and connecting: wait for a settled state.
         BackendState::Down | BackendState::NoState | BackendState::Starting => Action::Wait,
+        // A failed attempt waits out its backoff; problems are reported right away.
+        BackendState::NeedsLogin | BackendState::Running | BackendState::Stopped
+            if i.backing_off && (i.has_key || i.state != BackendState::NeedsLogin) =>
+        {
+            Action::Wait
+        }
         BackendState::NeedsLogin if i.has_key => Action::Up { with_key: true },
         BackendState::NeedsLogin => Action::Report(Problem::NoKey),
         BackendState::NeedsMachineAuth => Action::Report(Problem::NeedsMachineAuth),
@@ -573,6 +579,18 @@ mod tests {
             ..inputs(NeedsLogin)
         };
         assert_eq!(decide(backing_off), Action::Wait);
+        let backing_off_running = Inputs {
+            backing_off: true,
+            ..inputs(Running)
+        };
+        assert_eq!(decide(backing_off_running), Action::Wait);
+        // Machine approval pending after a timed-out `up`: said at once, not after the
+        // backoff.
+        let awaiting = Inputs {
+            backing_off: true,
+            ..inputs(NeedsMachineAuth)
+        };
+        assert_eq!(decide(awaiting), Action::Report(Problem::NeedsMachineAuth));
     }
 
     #[test]

@@ -257,6 +257,10 @@ fn killed_tailscaled_is_restarted_and_reaped() {
         log.contains("tailscaled exited") && log.contains("killed by SIGKILL"),
         "the log says why"
     );
+    assert!(
+        log.matches("following tailscaled's LocalAPI").count() >= 2,
+        "the LocalAPI watch reconnected to the new tailscaled"
+    );
 }
 
 /// Test 5: SIGTERM to tsbridge: tailscaled gone, exit 0 within 10 s.

@@ -19,6 +19,29 @@
 //! concurrent runs). Labs can run concurrently: each has its own switch namespace, so
 //! they can all use the same addresses.
 //!
+//! A typical test:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tsbridge_lab::{Lab, Tools};
+//!
+//! let lab = Lab::new(Tools::find("target/debug/tsbridge")?)?;
+//! let control = lab.control()?;                    // headscale on 192.168.77.1
+//! let peer = lab.peer(&control, "peer")?;           // plain tailscaled, Running
+//! let node = lab.host("node1")?;                    // a node namespace
+//! let pod = lab.pod(&node)?;                        // 10.244.1.2 behind the node
+//! let key = lab.preauth_key(&control, control.user_id, "10m", false, &[])?;
+//! let mut env = lab.node_env(&control, &node);      // TS_STATE_DIR, TS_SOCKET, ...
+//! env.push(("TS_AUTHKEY".into(), key.key.clone()));
+//! let ts = lab.start_tsbridge(&node, &env)?;        // `tsbridge run` in the node
+//! let (addr, _) = lab.wait_running(&node, Duration::from_secs(45))?;
+//! lab.ping_until(&peer.host.ns, addr.into(), Duration::from_secs(20))?;
+//! lab.exec_ok(&pod.ns, &["ip", "route"])?;          // anything inside a namespace
+//! println!("{}", lab.log(&ts));                     // tsbridge's log
+//! # Ok::<(), tsbridge_lab::Error>(())
+//! ```
+//! (everything is torn down when `lab` goes out of scope)
+//!
 //! Processes are started with an explicit, cleared environment through `ip netns exec`
 //! (which execs the program, so the pid is the program's), with stdout and stderr in a log
 //! file under the lab directory ([`Lab::log`]).
@@ -961,6 +984,10 @@ logtail:
                 self.tools.tailscale.display().to_string(),
             ),
             ("TSBRIDGE_LAB_SUBNETS".into(), LAN_CIDR.into()),
+            (
+                "TSBRIDGE_POD_CIDRS".into(),
+                format!("{POD_CIDR_V4},{POD_CIDR_V6}"),
+            ),
             ("TSBRIDGE_LISTEN".into(), "off".into()),
         ];
         for (k, v) in Self::tailscaled_env() {
