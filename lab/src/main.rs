@@ -104,7 +104,7 @@ fn demo(tsbridge: &str) -> Result<()> {
         .iter()
         .map(|(k, v)| {
             if k == "TS_AUTHKEY" {
-                format!("{k}=tskey-[redacted]")
+                format!("{k}=[redacted]")
             } else {
                 format!("{k}={v}")
             }
