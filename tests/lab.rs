@@ -30,6 +30,38 @@ fn peers_join_headscale_and_ping_each_other() {
     // Both nodes are known to headscale under the lab user.
     let nodes = lab.nodes(&control).expect("nodes");
     assert_eq!(nodes.len(), 2, "{nodes:?}");
+    let ida = lab.node_id(&control, "peera").expect("node id");
+    assert_ne!(ida, lab.node_id(&control, "peerb").unwrap());
+    // Route approval works (the egress tests advertise pod subnets).
+    let adv = lab
+        .tailscale(&a.host, &["set", "--advertise-routes=10.99.0.0/24"])
+        .unwrap();
+    assert!(
+        adv.status.success(),
+        "{}",
+        String::from_utf8_lossy(&adv.stderr)
+    );
+    tsbridge_lab::wait_until(
+        Duration::from_secs(10),
+        "the advertised route in headscale",
+        || {
+            Ok(lab
+                .approve_routes(&control, "peera", &["10.99.0.0/24"])
+                .is_ok()
+                .then_some(()))
+        },
+    )
+    .expect("approve routes");
+    let approved = lab.nodes(&control).unwrap();
+    let a_node = approved
+        .iter()
+        .find(|n| n["given_name"] == "peera")
+        .unwrap();
+    assert_eq!(
+        a_node["approved_routes"],
+        serde_json::json!(["10.99.0.0/24"]),
+        "{a_node}"
+    );
     // The lab network has no route out: the real network is unreachable from a host.
     let out = lab
         .exec(&a.host.ns, &["ip", "route", "get", "1.1.1.1"])

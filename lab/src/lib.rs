@@ -815,6 +815,34 @@ logtail:
         Ok(v.as_array().cloned().unwrap_or_default())
     }
 
+    /// headscale's id of the node with this hostname (`given_name` or `name`).
+    pub fn node_id(&self, control: &Control, hostname: &str) -> Result<u64> {
+        let nodes = self.nodes(control)?;
+        nodes
+            .iter()
+            .find(|n| n["given_name"] == hostname || n["name"] == hostname)
+            .and_then(json_id)
+            .ok_or_else(|| Error(format!("headscale knows no node {hostname:?}")))
+    }
+
+    /// Approves advertised subnet routes of a node (`headscale nodes approve-routes`).
+    pub fn approve_routes(&self, control: &Control, hostname: &str, routes: &[&str]) -> Result<()> {
+        let id = self.node_id(control, hostname)?.to_string();
+        let routes = routes.join(",");
+        self.headscale(
+            control,
+            &[
+                "nodes",
+                "approve-routes",
+                "--identifier",
+                &id,
+                "--routes",
+                &routes,
+            ],
+        )
+        .map(|_| ())
+    }
+
     // ---- tailscale ---------------------------------------------------------------------
 
     /// The environment every tailscaled in the lab gets: DERP over plain HTTP (the lab's
