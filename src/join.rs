@@ -678,6 +678,89 @@ mod tests {
         );
     }
 
+    /// The whole join side against a fake tailscaled that replays the recorded
+    /// watch-ipn-bus stream (tests/fixtures/): the status channel ends up Running with
+    /// the recorded addresses, the missing key is reported while NeedsLogin, and the
+    /// configuration is applied once Running.
+    #[tokio::test]
+    async fn run_feeds_the_status_channel_from_the_recorded_stream() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = std::env::temp_dir().join(format!("tsbridge-join-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("tailscaled.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut req = vec![0u8; 2048];
+                    let n = s.read(&mut req).await.unwrap();
+                    let req = String::from_utf8_lossy(&req[..n]).into_owned();
+                    if req.starts_with("GET /localapi/v0/watch-ipn-bus") {
+                        s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                            .await
+                            .unwrap();
+                        let stream = include_str!("../tests/fixtures/watch-ipn-bus-join.ndjson");
+                        for line in stream.lines() {
+                            let chunk = format!("{line}\n");
+                            let framed = format!("{:x}\r\n{chunk}\r\n", chunk.len());
+                            s.write_all(framed.as_bytes()).await.unwrap();
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        // Keep the stream open, as tailscaled does.
+                        std::future::pending::<()>().await;
+                    } else {
+                        let body = include_str!("../tests/fixtures/status-running.json");
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        s.write_all(resp.as_bytes()).await.unwrap();
+                    }
+                });
+            }
+        });
+        let c = cfg(&[
+            ("TS_SOCKET", sock.to_str().unwrap()),
+            ("TSBRIDGE_TAILSCALE", "/bin/true"),
+        ]);
+        let (tx, mut rx) = watch::channel(TailscaleStatus::default());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let reaper = Reaper::start().unwrap();
+        let task = tokio::spawn(run(Arc::new(c), reaper, Arc::new(tx), stop_rx));
+        let mut saw_no_key = false;
+        let st = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                rx.changed().await.unwrap();
+                let st = rx.borrow_and_update().clone();
+                saw_no_key |= st
+                    .problem
+                    .as_deref()
+                    .is_some_and(|p| p.contains("no auth key"));
+                if st.backend == BackendState::Running && st.problem.is_none() && saw_no_key {
+                    return st;
+                }
+            }
+        })
+        .await
+        .expect("the status channel reaches Running");
+        assert_eq!(
+            st.addrs,
+            [
+                "100.64.0.1".parse::<std::net::IpAddr>().unwrap(),
+                "fd7a:115c:a1e0::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(st.magic_dns_suffix.as_deref(), Some("tailnet.lab"));
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("run stops on shutdown")
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn key_pipe_holds_the_key() {
         use std::io::Read;
