@@ -80,6 +80,28 @@ fn teardown_removes_namespaces_and_sweeper_spares_live_runs() {
     let pod = lab.pod(&host).expect("pod");
     lab.ping(&pod.ns, IpAddr::V4(pod.gateway_v4), 1)
         .expect("pod reaches its node");
+    lab.ping(&pod.ns, IpAddr::V6(pod.gateway_v6), 1)
+        .expect("pod reaches its node over IPv6");
+    let routes = lab
+        .exec_ok(&pod.ns, &["ip", "-6", "route", "show", "default"])
+        .unwrap();
+    assert!(routes.contains(&pod.gateway_v6.to_string()), "{routes}");
+    let fwd = lab
+        .exec_ok(
+            &host.ns,
+            &[
+                "sysctl",
+                "-n",
+                "net.ipv4.ip_forward",
+                "net.ipv6.conf.all.forwarding",
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        fwd.split_whitespace().collect::<Vec<_>>(),
+        ["1", "1"],
+        "the node forwards"
+    );
     let names = [host.ns.0.clone(), pod.ns.0.clone()];
     // Our own namespaces belong to a live process: the sweeper leaves them alone.
     let removed = tsbridge_lab::sweep().expect("sweep");

@@ -312,16 +312,8 @@ impl Lab {
             }),
         };
         lab.switch = lab.new_ns("sw")?;
-        ip(&[
-            "-n",
-            lab.switch.name(),
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-        ])?;
-        ip(&["-n", lab.switch.name(), "link", "set", "br0", "up"])?;
+        ipn(&lab.switch, "link add br0 type bridge")?;
+        ipn(&lab.switch, "link set br0 up")?;
         Ok(lab)
     }
 
@@ -345,7 +337,7 @@ impl Lab {
         fs::create_dir_all(&etc).map_err(|e| Error(format!("mkdir {}: {e}", etc.display())))?;
         fs::write(etc.join("resolv.conf"), "nameserver 127.0.0.1\n")
             .map_err(|e| Error(format!("write {}/resolv.conf: {e}", etc.display())))?;
-        ip(&["-n", ns.name(), "link", "set", "lo", "up"])?;
+        ipn(&ns, "link set lo up")?;
         Ok(ns)
     }
 
@@ -363,41 +355,17 @@ impl Lab {
         };
         let ns = self.new_ns(role)?;
         let sw_if = format!("h{n}");
-        ip(&[
-            "-n",
-            self.switch.name(),
-            "link",
-            "add",
-            &sw_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "lan0",
-            "netns",
-            ns.name(),
-        ])?;
-        ip(&[
-            "-n",
-            self.switch.name(),
-            "link",
-            "set",
-            &sw_if,
-            "master",
-            "br0",
-            "up",
-        ])?;
+        ipn(
+            &self.switch,
+            &format!(
+                "link add {sw_if} type veth peer name lan0 netns {}",
+                ns.name()
+            ),
+        )?;
+        ipn(&self.switch, &format!("link set {sw_if} master br0 up"))?;
         let addr = Ipv4Addr::new(LAN_PREFIX[0], LAN_PREFIX[1], LAN_PREFIX[2], n);
-        ip(&[
-            "-n",
-            ns.name(),
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "lan0",
-        ])?;
-        ip(&["-n", ns.name(), "link", "set", "lan0", "up"])?;
+        ipn(&ns, &format!("addr add {addr}/24 dev lan0"))?;
+        ipn(&ns, "link set lan0 up")?;
         let dir = self.dir.join(role);
         fs::create_dir_all(&dir).map_err(|e| Error(format!("mkdir {}: {e}", dir.display())))?;
         Ok(Host {
@@ -438,81 +406,26 @@ impl Lab {
         };
         let ns = self.new_ns(&format!("pod{k}"))?;
         let node_if = format!("pod{k}");
-        ip(&[
-            "-n",
-            node.ns.name(),
-            "link",
-            "add",
-            &node_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ])?;
+        ipn(
+            &node.ns,
+            &format!(
+                "link add {node_if} type veth peer name eth0 netns {}",
+                ns.name()
+            ),
+        )?;
         let gw4 = Ipv4Addr::new(10, 244, k, 1);
         let addr4 = Ipv4Addr::new(10, 244, k, 2);
-        let gw6: Ipv6Addr = format!("fd00:10:244:{k:x}::1")
-            .parse()
-            .map_err(|e| Error(format!("{e}")))?;
-        let addr6: Ipv6Addr = format!("fd00:10:244:{k:x}::2")
-            .parse()
-            .map_err(|e| Error(format!("{e}")))?;
-        let n = node.ns.name();
-        let p = ns.name();
-        ip(&[
-            "-n",
-            n,
-            "addr",
-            "add",
-            &format!("{gw4}/24"),
-            "dev",
-            &node_if,
-        ])?;
-        ip(&[
-            "-n",
-            n,
-            "addr",
-            "add",
-            &format!("{gw6}/64"),
-            "dev",
-            &node_if,
-            "nodad",
-        ])?;
-        ip(&["-n", n, "link", "set", &node_if, "up"])?;
-        ip(&[
-            "-n",
-            p,
-            "addr",
-            "add",
-            &format!("{addr4}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&[
-            "-n",
-            p,
-            "addr",
-            "add",
-            &format!("{addr6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ])?;
-        ip(&["-n", p, "link", "set", "eth0", "up"])?;
-        ip(&["-n", p, "route", "add", "default", "via", &gw4.to_string()])?;
-        ip(&[
-            "-n",
-            p,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            &gw6.to_string(),
-        ])?;
+        let gw6 = Ipv6Addr::new(0xfd00, 0x10, 0x244, k.into(), 0, 0, 0, 1);
+        let addr6 = Ipv6Addr::new(0xfd00, 0x10, 0x244, k.into(), 0, 0, 0, 2);
+        // nodad: the addresses are usable at once (no duplicate detection delay).
+        ipn(&node.ns, &format!("addr add {gw4}/24 dev {node_if}"))?;
+        ipn(&node.ns, &format!("addr add {gw6}/64 dev {node_if} nodad"))?;
+        ipn(&node.ns, &format!("link set {node_if} up"))?;
+        ipn(&ns, &format!("addr add {addr4}/24 dev eth0"))?;
+        ipn(&ns, &format!("addr add {addr6}/64 dev eth0 nodad"))?;
+        ipn(&ns, "link set eth0 up")?;
+        ipn(&ns, &format!("route add default via {gw4}"))?;
+        ipn(&ns, &format!("-6 route add default via {gw6}"))?;
         self.enable_forwarding(node)?;
         Ok(Pod {
             ns,
@@ -1189,6 +1102,14 @@ fn netns_command(ns: &Ns, argv: &[&str], env: &[(&str, &str)]) -> Command {
         cmd.env(k, v);
     }
     cmd
+}
+
+/// Runs `ip -n NS WORDS...` (`words` split on whitespace; names and addresses never
+/// contain spaces).
+pub fn ipn(ns: &Ns, words: &str) -> Result<()> {
+    let mut args = vec!["-n", ns.name()];
+    args.extend(words.split_whitespace());
+    ip(&args)
 }
 
 /// Runs `ip ARGS` in the current namespace; an error carries ip's stderr.
