@@ -100,22 +100,19 @@ async fn daemon(cfg: Config) -> ExitCode {
     let status_tx = Arc::new(status_tx);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    // Every long-running task: started here, told to stop through `shutdown_rx`, awaited
-    // on shutdown. The status channel's sender belongs to the join side; readers (the
-    // egress reconciler, health) take `status_rx.clone()`.
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(supervisor::supervise_tailscaled(
+    let supervisor = tokio::spawn(supervisor::supervise_tailscaled(
         cfg.clone(),
         reaper.clone(),
         status_tx.clone(),
         shutdown_rx.clone(),
     ));
-    tasks.spawn(join::run(
+    let joiner = tokio::spawn(join::run(
         cfg.clone(),
         reaper.clone(),
         status_tx.clone(),
         shutdown_rx.clone(),
     ));
+    // Further tasks take `status_rx.clone()` and `shutdown_rx.clone()` here.
     drop(status_rx);
 
     let sig = tokio::select! {
@@ -128,7 +125,8 @@ async fn daemon(cfg: Config) -> ExitCode {
     // before 10 s.
     let deadline = std::time::Duration::from_millis(9500);
     if tokio::time::timeout(deadline, async {
-        while tasks.join_next().await.is_some() {}
+        let _ = joiner.await;
+        let _ = supervisor.await;
     })
     .await
     .is_err()
