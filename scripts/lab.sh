@@ -10,4 +10,4 @@ BIN=target/x86_64-unknown-linux-musl/release/tsbridge
 log "building the lab driver (lab/)"
 cargo build --locked -q -p tsbridge-lab --bin tsbridge-lab
 log "starting the lab"
-exec target/debug/tsbridge-lab demo --tsbridge "$BIN"
+target/debug/tsbridge-lab demo --tsbridge "$BIN"
