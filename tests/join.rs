@@ -565,3 +565,24 @@ fn as_pid_one_orphans_are_reaped() {
     let log = w.lab.log(&unshare);
     assert!(log.matches("tailscaled exited").count() >= 2, "{log}");
 }
+
+/// `TS_AUTHKEY=file:/path`: the key is read from the file on every attempt, so a key
+/// replaced in the file is used on the next retry, without a restart.
+#[test]
+fn a_key_file_replaced_while_retrying_is_used_without_a_restart() {
+    let w = world();
+    let node = w.lab.host("node8").unwrap();
+    let key_file = node.dir.join("authkey");
+    std::fs::write(&key_file, format!("{}\n", w.expired_key().key)).unwrap();
+    let file_ref = format!("file:{}", key_file.display());
+    let ts = w.start(&node, &w.env(&node, None, &[("TS_AUTHKEY", &file_ref)]));
+    w.wait_log(&ts, "rejected the auth key", Duration::from_secs(30));
+    std::fs::write(&key_file, format!("{}\n", w.key("10m").key)).unwrap();
+    let addr = w.running(&node, &ts);
+    assert_eq!(addr.octets()[0], 100);
+    assert_eq!(
+        w.current_log(&ts).matches("tsbridge starting").count(),
+        1,
+        "no restart"
+    );
+}
