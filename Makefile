@@ -5,7 +5,7 @@ BIN := target/$(TARGET)/release/tsbridge
 # The release binary must stay small (see README).
 MAX_SIZE := 2621440
 
-.PHONY: all setup tools build lab test unit lint check-binary
+.PHONY: all setup tools build lab test unit lint check-binary extension test-extension test-talos
 
 all: build
 
@@ -23,6 +23,19 @@ check-binary:
 	@file $(BIN) | grep -q 'static' || { echo "error: $(BIN) is not static: $$(file $(BIN))"; exit 1; }
 	@size=$$(stat -c %s $(BIN)); echo "tsbridge release binary: $$size bytes (limit $(MAX_SIZE))"; \
 	  [ $$size -le $(MAX_SIZE) ] || { echo "error: $(BIN) is larger than $(MAX_SIZE) bytes"; exit 1; }
+
+# The Talos system extension: dist/extension/ and dist/tailscale-bridge.oci.tar (no Docker).
+extension: build
+	scripts/tools.sh tailscale
+	scripts/extension.sh
+
+# Checks dist/: skopeo reads it, the layer equals dist/extension/, builds are reproducible.
+test-extension: extension
+	scripts/test-extension.sh
+
+# Checks dist/extension/ and `tsbridge patch` with Talos's own Go code (tests/talos).
+test-talos: extension
+	scripts/test-talos.sh
 
 # The main job: the network-namespace lab demo (headscale, a peer, a node running tsbridge).
 lab: setup build

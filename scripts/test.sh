@@ -16,4 +16,12 @@ stage "unit and integration tests (the lab tests need root, network namespaces a
 [ "$(id -u)" = 0 ] || die "the integration tests build network namespaces: run as root"
 cargo test --locked --workspace
 
+stage "Talos extension image (reproducible OCI archive, read by skopeo)"
+scripts/tools.sh tailscale
+scripts/extension.sh
+scripts/test-extension.sh
+
+stage "extension and tsbridge patch checked by Talos's own Go code"
+scripts/test-talos.sh
+
 log "all stages passed"
