@@ -5,7 +5,7 @@ BIN := target/$(TARGET)/release/tsbridge
 # The release binary must stay small (see README).
 MAX_SIZE := 2621440
 
-.PHONY: all setup tools build lab test unit lint check-binary extension test-extension test-talos
+.PHONY: all setup tools build lab test unit lint check-binary extension test-extension test-talos qemu-test
 
 all: build
 
@@ -36,6 +36,10 @@ test-extension: extension
 # Checks dist/extension/ and `tsbridge patch` with Talos's own Go code (tests/talos).
 test-talos: extension
 	scripts/test-talos.sh
+
+# Boots a real kernel under QEMU that runs dist/extension/ as Talos would (tests/qemu).
+qemu-test: extension
+	tests/qemu/run.sh
 
 # The main job: the network-namespace lab demo (headscale, a peer, a node running tsbridge).
 lab: setup build

@@ -24,4 +24,7 @@ scripts/test-extension.sh
 stage "extension and tsbridge patch checked by Talos's own Go code"
 scripts/test-talos.sh
 
+stage "QEMU: a real kernel boots and runs dist/extension/ as Talos would"
+tests/qemu/run.sh
+
 log "all stages passed"
