@@ -41,16 +41,16 @@ test-talos: extension
 qemu-test: extension
 	tests/qemu/run.sh
 
-# The main job: the lab demo (until the lab lands: the configuration check of the example).
+# The main job: the network-namespace lab demo (headscale, a peer, a node running tsbridge).
 lab: setup build
 	scripts/lab.sh
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --locked --all-targets -- -D warnings
+	cargo clippy --locked --workspace --all-targets -- -D warnings
 
 unit:
-	cargo test --locked
+	cargo test --locked --workspace
 
 # The whole test suite, from a fresh clone: set-up, lint, build, all tests.
 test: setup

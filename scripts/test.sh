@@ -7,13 +7,14 @@ stage() { log "stage: $*"; }
 
 stage "format and lint"
 cargo fmt --all -- --check
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 
 stage "static release build"
 make --no-print-directory build
 
-stage "unit and integration tests"
-cargo test --locked
+stage "unit and integration tests (the lab tests need root, network namespaces and the tools from scripts/setup.sh)"
+[ "$(id -u)" = 0 ] || die "the integration tests build network namespaces: run as root"
+cargo test --locked --workspace
 
 stage "Talos extension image (reproducible OCI archive, read by skopeo)"
 scripts/tools.sh tailscale

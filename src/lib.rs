@@ -5,10 +5,14 @@
 
 pub mod cli;
 pub mod config;
+pub mod egress;
+pub mod join;
+pub mod localapi;
 pub mod logging;
 pub mod net;
 mod patch_cli;
 pub mod run;
 pub mod secret;
 pub mod status;
+pub mod supervisor;
 pub mod talos;

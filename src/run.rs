@@ -2,11 +2,17 @@
 
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::config::{self, Config};
+use crate::join;
 use crate::logging;
+use crate::status::TailscaleStatus;
+use crate::supervisor::{self, Reaper};
 
 pub fn main() -> ExitCode {
     let loaded = config::from_process_env();
@@ -67,7 +73,79 @@ async fn daemon(cfg: Config) -> ExitCode {
     if cfg.lab_subnets.is_empty() {
         warn!("TSBRIDGE_LAB_SUBNETS is not set: the node's Kubernetes identity is unguarded");
     }
-    wait_for_shutdown().await
+    // Signal handlers first: as PID 1 nothing else would stop us.
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot install signal handlers");
+            return ExitCode::from(1);
+        }
+    };
+    let mut int = match signal(SignalKind::interrupt()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot install signal handlers");
+            return ExitCode::from(1);
+        }
+    };
+    let reaper = match Reaper::start() {
+        Ok(r) => r,
+        Err(e) => {
+            error!(error = %e, "cannot install the SIGCHLD handler");
+            return ExitCode::from(1);
+        }
+    };
+    let cfg = Arc::new(cfg);
+    let (status_tx, status_rx) = watch::channel(TailscaleStatus::default());
+    let status_tx = Arc::new(status_tx);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let supervisor = tokio::spawn(supervisor::supervise_tailscaled(
+        cfg.clone(),
+        reaper.clone(),
+        status_tx.clone(),
+        shutdown_rx.clone(),
+    ));
+    let joiner = tokio::spawn(join::run(
+        cfg.clone(),
+        reaper.clone(),
+        status_tx.clone(),
+        shutdown_rx.clone(),
+    ));
+    // Further tasks take `status_rx.clone()` and `shutdown_rx.clone()` here.
+    let egress_stop = tokio_util::sync::CancellationToken::new();
+    let egress = crate::egress::start(&cfg, status_rx.clone(), egress_stop.clone());
+    drop(status_rx);
+
+    let sig = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    info!(signal = sig, "shutting down");
+    // tsbridge's kernel state goes first (one netlink batch), while tailscaled still runs.
+    egress_stop.cancel();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        crate::egress::stopped(egress),
+    )
+    .await;
+    let _ = shutdown_tx.send(true);
+    // Talos sends SIGKILL 10 s after SIGTERM: tailscaled gets 8 s, everything is done
+    // before 10 s.
+    let deadline = std::time::Duration::from_millis(9500);
+    if tokio::time::timeout(deadline, async {
+        let _ = joiner.await;
+        let _ = supervisor.await;
+    })
+    .await
+    .is_err()
+    {
+        error!("shutdown did not finish in time; exiting anyway");
+    }
+    // Reap whatever is left (as PID 1, orphans are ours).
+    reaper.reap_all();
+    info!("stopped");
+    ExitCode::SUCCESS
 }
 
 async fn wait_for_shutdown() -> ExitCode {
