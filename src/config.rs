@@ -730,6 +730,18 @@ fn valid_hostname(h: &str) -> bool {
         && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
+/// A valid configuration from `KEY=value` pairs, for other modules' unit tests.
+#[cfg(test)]
+pub(crate) fn test_config(env: &[(&str, &str)]) -> Config {
+    let vars = env
+        .iter()
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+    match load(vars, Path::new("/usr/local/bin")).config {
+        Ok(c) => c,
+        Err(e) => panic!("test configuration is invalid: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

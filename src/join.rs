@@ -606,14 +606,7 @@ mod tests {
         assert!(Problem::NeedsMachineAuth.message().contains("approve"));
     }
 
-    fn cfg(env: &[(&str, &str)]) -> Config {
-        let vars = env
-            .iter()
-            .map(|(k, v)| (std::ffi::OsString::from(k), std::ffi::OsString::from(v)));
-        crate::config::load(vars, std::path::Path::new("/usr/local/bin"))
-            .config
-            .unwrap()
-    }
+    use crate::config::test_config as cfg;
 
     #[test]
     fn up_args_carry_the_configuration_and_never_the_key() {

@@ -476,14 +476,7 @@ mod tests {
         );
     }
 
-    fn cfg(env: &[(&str, &str)]) -> Config {
-        let vars = env
-            .iter()
-            .map(|(k, v)| (std::ffi::OsString::from(k), std::ffi::OsString::from(v)));
-        crate::config::load(vars, std::path::Path::new("/usr/local/bin"))
-            .config
-            .unwrap()
-    }
+    use crate::config::test_config as cfg;
 
     #[test]
     fn child_environment_is_built_not_inherited() {
