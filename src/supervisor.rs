@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -408,6 +409,32 @@ pub enum StartError {
     Spawn(std::io::Error),
 }
 
+/// The child gets SIGTERM when tsbridge dies, however it dies. Without this a tsbridge
+/// killed outside a PID namespace (kill -9, OOM) leaves its tailscaled running
+/// unsupervised, and the next tsbridge's tailscaled fails on the socket ("address already
+/// in use") in a loop while its startup cleanup strips the running one's addresses (seen
+/// in the lab). The death signal follows the forking *thread*: tsbridge's runtime is
+/// current-thread, so that is the main thread, which lives as long as the process.
+fn die_with_parent(cmd: &mut Command) {
+    let parent = std::process::id() as i32;
+    // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork
+    // and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGTERM, 0, 0, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before the prctl: no signal will come, so do not start.
+            if nix::libc::getppid() != parent {
+                return Err(std::io::Error::other(
+                    "tsbridge exited while starting tailscaled",
+                ));
+            }
+            Ok(())
+        });
+    }
+}
+
 fn start_tailscaled(cfg: &Config, reaper: &Reaper) -> Result<Spawned, StartError> {
     prepare_dirs(cfg).map_err(|source| StartError::Dirs {
         path: cfg.state_dir.display().to_string(),
@@ -420,6 +447,7 @@ fn start_tailscaled(cfg: &Config, reaper: &Reaper) -> Result<Spawned, StartError
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    die_with_parent(&mut cmd);
     let mut child = reaper.spawn(&mut cmd).map_err(StartError::Spawn)?;
     if let Some(fd) = child.stdout.take() {
         tokio::spawn(forward_output("tailscaled", "stdout", fd));
