@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -343,6 +342,7 @@ pub async fn supervise_tailscaled(
         if *shutdown.borrow() {
             return;
         }
+        stop_stale_tailscaled(&cfg).await;
         let started = Instant::now();
         let ran_for = match start_tailscaled(&cfg, &reaper) {
             Ok(mut child) => {
@@ -409,30 +409,52 @@ pub enum StartError {
     Spawn(std::io::Error),
 }
 
-/// The child gets SIGTERM when tsbridge dies, however it dies. Without this a tsbridge
-/// killed outside a PID namespace (kill -9, OOM) leaves its tailscaled running
-/// unsupervised, and the next tsbridge's tailscaled fails on the socket ("address already
-/// in use") in a loop while its startup cleanup strips the running one's addresses (seen
-/// in the lab). The death signal follows the forking *thread*: tsbridge's runtime is
-/// current-thread, so that is the main thread, which lives as long as the process.
-fn die_with_parent(cmd: &mut Command) {
-    let parent = std::process::id() as i32;
-    // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork
-    // and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGTERM, 0, 0, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The parent died before the prctl: no signal will come, so do not start.
-            if nix::libc::getppid() != parent {
-                return Err(std::io::Error::other(
-                    "tsbridge exited while starting tailscaled",
-                ));
-            }
-            Ok(())
-        });
+/// The pid of a live `tailscaled` that already serves our socket: one left running by
+/// an earlier tsbridge that died without stopping it (kill -9 or OOM outside a PID
+/// namespace). A new tailscaled would fail on the socket ("address already in use") in
+/// a loop, and each failed start's router cleanup strips the running one's addresses
+/// (seen in the lab).
+fn stale_tailscaled(cfg: &Config) -> Option<Pid> {
+    let s = std::os::unix::net::UnixStream::connect(&cfg.socket).ok()?;
+    let cred = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials).ok()?;
+    let pid = cred.pid();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    let name = cfg.tailscaled.file_name()?.to_string_lossy().into_owned();
+    // comm is the executable's name cut to 15 bytes.
+    let want = &name.as_bytes()[..name.len().min(15)];
+    (pid > 0 && comm.trim_end().as_bytes() == want && pid as u32 != std::process::id())
+        .then(|| Pid::from_raw(pid))
+}
+
+/// Stops a stale tailscaled (see [`stale_tailscaled`]): SIGTERM, then SIGKILL after
+/// the usual grace. It is not our child, so it is watched through /proc.
+async fn stop_stale_tailscaled(cfg: &Config) {
+    let Some(pid) = stale_tailscaled(cfg) else {
+        return;
+    };
+    warn!(pid = pid.as_raw(), socket = %cfg.socket.display(), "a tailscaled left by an earlier tsbridge serves the socket; stopping it");
+    let gone = || !std::path::Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid);
+    let _ = kill(pid, Signal::SIGTERM);
+    let deadline = Instant::now() + TAILSCALED_GRACE;
+    while !gone() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    if !gone() {
+        let _ = kill(pid, Signal::SIGKILL);
+        for _ in 0..40 {
+            if gone() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn is_zombie(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('Z')))
+        .unwrap_or(false)
 }
 
 fn start_tailscaled(cfg: &Config, reaper: &Reaper) -> Result<Spawned, StartError> {
@@ -447,7 +469,6 @@ fn start_tailscaled(cfg: &Config, reaper: &Reaper) -> Result<Spawned, StartError
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    die_with_parent(&mut cmd);
     let mut child = reaper.spawn(&mut cmd).map_err(StartError::Spawn)?;
     if let Some(fd) = child.stdout.take() {
         tokio::spawn(forward_output("tailscaled", "stdout", fd));
