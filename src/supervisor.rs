@@ -342,6 +342,7 @@ pub async fn supervise_tailscaled(
         if *shutdown.borrow() {
             return;
         }
+        stop_stale_tailscaled(&cfg).await;
         let started = Instant::now();
         let ran_for = match start_tailscaled(&cfg, &reaper) {
             Ok(mut child) => {
@@ -406,6 +407,54 @@ pub enum StartError {
     },
     #[error("{0}")]
     Spawn(std::io::Error),
+}
+
+/// The pid of a live `tailscaled` that already serves our socket: one left running by
+/// an earlier tsbridge that died without stopping it (kill -9 or OOM outside a PID
+/// namespace). A new tailscaled would fail on the socket ("address already in use") in
+/// a loop, and each failed start's router cleanup strips the running one's addresses
+/// (seen in the lab).
+fn stale_tailscaled(cfg: &Config) -> Option<Pid> {
+    let s = std::os::unix::net::UnixStream::connect(&cfg.socket).ok()?;
+    let cred = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials).ok()?;
+    let pid = cred.pid();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    let name = cfg.tailscaled.file_name()?.to_string_lossy().into_owned();
+    // comm is the executable's name cut to 15 bytes.
+    let want = &name.as_bytes()[..name.len().min(15)];
+    (pid > 0 && comm.trim_end().as_bytes() == want && pid as u32 != std::process::id())
+        .then(|| Pid::from_raw(pid))
+}
+
+/// Stops a stale tailscaled (see [`stale_tailscaled`]): SIGTERM, then SIGKILL after
+/// the usual grace. It is not our child, so it is watched through /proc.
+async fn stop_stale_tailscaled(cfg: &Config) {
+    let Some(pid) = stale_tailscaled(cfg) else {
+        return;
+    };
+    warn!(pid = pid.as_raw(), socket = %cfg.socket.display(), "a tailscaled left by an earlier tsbridge serves the socket; stopping it");
+    let gone = || !std::path::Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid);
+    let _ = kill(pid, Signal::SIGTERM);
+    let deadline = Instant::now() + TAILSCALED_GRACE;
+    while !gone() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !gone() {
+        let _ = kill(pid, Signal::SIGKILL);
+        for _ in 0..40 {
+            if gone() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn is_zombie(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('Z')))
+        .unwrap_or(false)
 }
 
 fn start_tailscaled(cfg: &Config, reaper: &Reaper) -> Result<Spawned, StartError> {

@@ -35,6 +35,8 @@ struct Netns(String);
 
 impl Netns {
     fn new(role: &str) -> Netns {
+        static SWEEP: std::sync::Once = std::sync::Once::new();
+        SWEEP.call_once(sweep_dead_runs);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let name = format!("tsbeg-{}-{}-{}", std::process::id(), n, role);
         run("ip", &["netns", "add", &name]);
@@ -86,8 +88,81 @@ impl Netns {
 }
 
 impl Drop for Netns {
+    /// Also on panic: a daemon still running inside would outlive `ip netns del` (and the
+    /// test run), so whatever runs in the namespace goes first; then the files named
+    /// after it (daemon state and logs under the temp dir).
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        remove_netns(&self.0);
+        if let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) {
+            let prefix = format!("{}-", self.0);
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+}
+
+fn remove_netns(name: &str) {
+    for _ in 0..3 {
+        let pids: Vec<i32> = Command::new("ip")
+            .args(["netns", "pids", name])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if pids.is_empty() {
+            break;
+        }
+        for p in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("ip")
+        .args(["netns", "del", name])
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// Removes namespaces `tsbeg-<pid>-...` (and temp files so named) of runs whose process
+/// is dead (a run killed by a CI timeout never reaches its Drop guards); never those of a
+/// live (concurrent) run.
+fn sweep_dead_runs() {
+    let dead_owner = |name: &str| {
+        name.strip_prefix("tsbeg-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    };
+    for e in std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if dead_owner(&name) {
+            remove_netns(&name);
+        }
+    }
+    for e in std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if dead_owner(&e.file_name().to_string_lossy()) {
+            let _ = std::fs::remove_dir_all(e.path());
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 

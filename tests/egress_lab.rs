@@ -328,6 +328,62 @@ impl World {
     }
 }
 
+/// A kernel event stream (`ip monitor`, `nft monitor`) in the node, subscribed before
+/// [`Monitor::start`] returns: it makes a marker change and waits to see it.
+struct Monitor {
+    child: std::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Monitor {
+    fn start(w: &World, argv: &[&str], marker_cmd: &str, marker: &str) -> Monitor {
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", w.node.ns.name()])
+            .args(argv)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start a monitor");
+        let out = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        let m = Monitor { child, lines };
+        wait_until(Duration::from_secs(10), "the monitor to subscribe", || {
+            w.node_sh(marker_cmd);
+            std::thread::sleep(Duration::from_millis(50));
+            Ok(m.lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(marker))
+                .then_some(()))
+        })
+        .unwrap_or_else(|e| panic!("{e}: {:?}", m.lines.lock().unwrap()));
+        m
+    }
+
+    /// The events so far (after a moment for the last ones to arrive).
+    fn finish(mut self) -> Vec<String> {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// 4 policy rules (lab subnet, two pod CIDRs, service CIDR) and 4 nft rules (two
 /// masquerades, two clamps).
 const OWNED: (usize, usize) = (4, 4);
@@ -590,37 +646,58 @@ fn sigterm_cleans_up_and_a_killed_instance_is_adopted() {
     assert_eq!(table.matches("table inet tsbridge").count(), 1, "{table}");
 
     // 8. SIGTERM: ours go first, while tailscaled still runs and its rules and nft
-    // chains are still there; then tsbridge exits.
+    // chains are still there; then tsbridge exits. The order is read from the kernel's
+    // own event streams (rules, nftables), each ordered, rather than from snapshots:
+    // tailscaled cleans up milliseconds after us, faster than a loaded machine can
+    // poll (a polling snapshot flaked here).
     let tailscale_state = w.node_sh("ip rule; nft list tables").unwrap();
     assert!(tailscale_state.contains("lookup 52"), "{tailscale_state}");
+    let rules_mon = Monitor::start(
+        &w,
+        &["ip", "monitor", "rule"],
+        "ip rule add pref 991 to 10.99.1.0/24 lookup main; ip rule del pref 991",
+        "991:",
+    );
+    let nft_mon = Monitor::start(
+        &w,
+        &["nft", "monitor"],
+        "nft add table ip tsbridge-sync; nft delete table ip tsbridge-sync",
+        "tsbridge-sync",
+    );
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(ts.pid as i32), Signal::SIGTERM).unwrap();
-    let start = Instant::now();
-    let snapshot = loop {
-        let s = w
-            .node_sh("ip rule; ip -6 rule; nft list tables")
-            .unwrap_or_default();
-        if !s.contains("proto 116") && !s.contains("inet tsbridge") {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "state not removed: {s}"
-        );
-    };
-    assert!(
-        snapshot.contains("5270:\tfrom all lookup 52"),
-        "tailscale's rules went with ours: {snapshot}"
-    );
-    assert!(
-        snapshot.contains("table ip filter"),
-        "tailscale's nftables went with ours: {snapshot}"
-    );
     let st = w.lab.wait_exit(&ts, Duration::from_secs(10));
     assert!(
         st.is_some_and(|s| s.success()),
         "exit after SIGTERM: {st:?}"
     );
     assert_eq!(w.owned(), (0, 0));
+    let rules = rules_mon.finish();
+    let last_ours = rules
+        .iter()
+        .rposition(|l| l.starts_with("Deleted") && l.contains("proto 116"));
+    let first_tailscale = rules
+        .iter()
+        .position(|l| l.starts_with("Deleted") && l.contains("lookup 52"));
+    assert!(
+        last_ours.is_some(),
+        "our rules were not deleted: {rules:#?}"
+    );
+    assert!(
+        first_tailscale.is_none_or(|t| Some(t) > last_ours),
+        "tailscale's rules went before ours: {rules:#?}"
+    );
+    let nft = nft_mon.finish();
+    let ours = nft
+        .iter()
+        .position(|l| l.contains("delete table inet tsbridge"));
+    let first_tailscale = nft
+        .iter()
+        .position(|l| l.starts_with("delete") && l.contains("ts-"));
+    assert!(ours.is_some(), "our nft table was not deleted: {nft:#?}");
+    assert!(
+        first_tailscale.is_none_or(|t| Some(t) > ours),
+        "tailscale's nftables went before ours: {nft:#?}"
+    );
     let log = w.lab.log(&ts);
     assert!(
         log.contains("egress state removed"),
@@ -632,7 +709,11 @@ fn sigterm_cleans_up_and_a_killed_instance_is_adopted() {
         "{}",
         tsbridge_lab::tail(&log, 20)
     );
-    eprintln!("after SIGTERM, ours gone while tailscale's remain:\n{snapshot}");
+    eprintln!(
+        "after SIGTERM, events in order:\n{}\n{}",
+        rules.join("\n"),
+        nft.join("\n")
+    );
 }
 
 /// Test 10: without tsbridge's SNAT the pod cannot reach the peer.

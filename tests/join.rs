@@ -257,10 +257,22 @@ fn killed_tailscaled_is_restarted_and_reaped() {
         log.contains("tailscaled exited") && log.contains("killed by SIGKILL"),
         "the log says why"
     );
-    assert!(
-        log.matches("following tailscaled's LocalAPI").count() >= 2,
-        "the LocalAPI watch reconnected to the new tailscaled"
-    );
+    // The new tailscaled can be Running (from its cached netmap) a moment before
+    // tsbridge's next reconnect attempt: wait for it rather than assume it happened.
+    wait_until(
+        Duration::from_secs(10),
+        "the LocalAPI watch to reconnect to the new tailscaled",
+        || {
+            Ok((w
+                .lab
+                .log(&ts)
+                .matches("following tailscaled's LocalAPI")
+                .count()
+                >= 2)
+                .then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", tsbridge_lab::tail(&w.lab.log(&ts), 60)));
 }
 
 /// Test 5: SIGTERM to tsbridge: tailscaled gone, exit 0 within 10 s.
@@ -585,4 +597,31 @@ fn a_key_file_replaced_while_retrying_is_used_without_a_restart() {
         1,
         "no restart"
     );
+}
+
+/// kill -9 of tsbridge alone (outside a PID namespace nothing else ends its children):
+/// its tailscaled keeps running, unsupervised. The next tsbridge stops that orphan and
+/// starts its own, instead of failing on the orphan's socket in a loop.
+#[test]
+fn a_restarted_tsbridge_takes_over_from_an_orphaned_tailscaled() {
+    let w = world();
+    let node = w.lab.host("node10").unwrap();
+    let key = w.key("10m");
+    let env = w.env(&node, Some(&key), &[]);
+    let ts = w.start(&node, &env);
+    let addr = w.running(&node, &ts);
+    let old = w.tailscaled_pids(&node);
+    assert_eq!(old.len(), 1, "{old:?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(ts.pid as i32), Signal::SIGKILL).unwrap();
+    w.lab
+        .wait_exit(&ts, Duration::from_secs(5))
+        .expect("tsbridge gone");
+    assert_eq!(w.tailscaled_pids(&node), old, "the orphan still runs");
+    let ts = w.start(&node, &env);
+    w.wait_log(&ts, "left by an earlier tsbridge", Duration::from_secs(10));
+    assert_eq!(w.running(&node, &ts), addr);
+    let now = w.tailscaled_pids(&node);
+    assert!(now.len() == 1 && now != old, "{old:?} -> {now:?}");
+    let log = w.current_log(&ts);
+    assert!(!log.contains("address already in use"), "{log}");
 }
