@@ -186,6 +186,12 @@ pub struct Loaded {
     /// Known even when the rest is invalid, so logging can be set up first.
     pub log_format: LogFormat,
     pub log_level: tracing::Level,
+    /// The health listener's address and switches, also known when the rest is invalid, so
+    /// a degraded tsbridge still reports why on `/readyz` (an invalid address falls back
+    /// to the default).
+    pub listen: Option<SocketAddr>,
+    pub enable_metrics: Option<bool>,
+    pub enable_health_check: Option<bool>,
 }
 
 /// Reads the process environment, keeping duplicated keys' last value.
@@ -318,7 +324,13 @@ where
     let tailscaled = r.abs_path_or("TSBRIDGE_TAILSCALED", exe_dir.join("tailscaled"));
     let tailscale = r.abs_path_or("TSBRIDGE_TAILSCALE", exe_dir.join("tailscale"));
 
+    let problems_before_listen = r.problems.len();
     let listen = r.listen();
+    let degraded_listen = if r.problems.len() > problems_before_listen {
+        DEFAULT_LISTEN.parse().ok()
+    } else {
+        listen
+    };
 
     let lab_subnets = r.cidr_list("TSBRIDGE_LAB_SUBNETS", "", true);
     let pod_cidrs = r.cidr_list("TSBRIDGE_POD_CIDRS", DEFAULT_POD_CIDRS, false);
@@ -366,6 +378,9 @@ where
         warnings,
         log_format,
         log_level,
+        listen: degraded_listen,
+        enable_metrics,
+        enable_health_check,
     }
 }
 
@@ -1064,6 +1079,30 @@ mod tests {
         assert!(l.config.is_err());
         assert_eq!(l.log_format, LogFormat::Json);
         assert_eq!(l.log_level, tracing::Level::DEBUG);
+        let e = errs(&[("TSBRIDGE_LOG_FORMAT", "xml")]);
+        assert_eq!(vars(&e), ["TSBRIDGE_LOG_FORMAT"]);
+    }
+
+    #[test]
+    fn listener_is_known_even_when_the_rest_is_invalid() {
+        let l = load(
+            env(&[
+                ("TS_USERSPACE", "1"),
+                ("TS_LOCAL_ADDR_PORT", "[::]:9102"),
+                ("TS_ENABLE_METRICS", "false"),
+            ]),
+            Path::new("/x"),
+        );
+        assert!(l.config.is_err());
+        assert_eq!(l.listen, Some("[::]:9102".parse().unwrap()));
+        assert_eq!(l.enable_metrics, Some(false));
+        assert_eq!(l.enable_health_check, None);
+        // An invalid address falls back to the default for the degraded listener.
+        let l = load(env(&[("TSBRIDGE_LISTEN", "nowhere")]), Path::new("/x"));
+        assert!(l.config.is_err());
+        assert_eq!(l.listen, Some(DEFAULT_LISTEN.parse().unwrap()));
+        let l = load(env(&[("TSBRIDGE_LISTEN", "off")]), Path::new("/x"));
+        assert_eq!(l.listen, None);
         let e = errs(&[("TSBRIDGE_LOG_FORMAT", "xml")]);
         assert_eq!(vars(&e), ["TSBRIDGE_LOG_FORMAT"]);
     }

@@ -5,8 +5,11 @@
 
 pub mod cli;
 pub mod config;
+pub mod health;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod run;
 pub mod secret;
+pub mod serve;
 pub mod status;

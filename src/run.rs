@@ -1,12 +1,17 @@
 //! `tsbridge run`: the daemon.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use crate::config::{self, Config};
+use crate::health::Health;
 use crate::logging;
+use crate::metrics::Metrics;
+use crate::serve;
+use crate::status::TailscaleStatus;
 
 pub fn main() -> ExitCode {
     let loaded = config::from_process_env();
@@ -24,7 +29,41 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new());
+    metrics.set_config(
+        loaded.config.as_ref().err().map_or(0, |e| e.0.len()),
+        loaded.warnings.len(),
+    );
+    if let Err(e) = &loaded.config {
+        health.set_config_problems(e.0.iter().map(ToString::to_string).collect());
+    }
+    if let Ok(cfg) = &loaded.config {
+        // Without SNAT tsbridge makes no promise about the pod path.
+        health.set_pod_path_required(cfg.snat);
+    }
+    // The join side replaces this channel's sender with the supervisor's.
+    let (status_tx, status_rx) = tokio::sync::watch::channel(TailscaleStatus::default());
+    let listener = serve::Settings::from_switches(
+        loaded.listen,
+        loaded.enable_health_check,
+        loaded.enable_metrics,
+    );
+    let shared = Arc::new(serve::Shared {
+        metrics: Arc::clone(&metrics),
+        health: Arc::clone(&health),
+        status: status_rx,
+        endpoints: listener.map_or(
+            serve::Endpoints {
+                health: false,
+                metrics: false,
+            },
+            |s| s.endpoints,
+        ),
+    });
     rt.block_on(async move {
+        let _listener = serve::spawn(listener, shared).await;
+        let _status_tx = status_tx;
         match loaded.config {
             Ok(cfg) => daemon(cfg).await,
             Err(errors) => degraded(errors).await,
