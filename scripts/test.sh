@@ -15,4 +15,10 @@ make --no-print-directory build
 stage "unit and integration tests"
 cargo test --locked
 
+# Long mode (`make test-long`, TSBRIDGE_LONG=1): slow suites that CI's default run skips.
+if [ "${TSBRIDGE_LONG:-0}" = 1 ]; then
+  stage "fuzzing (long mode, ${TSBRIDGE_FUZZ_SECONDS:-60}s per target)"
+  scripts/fuzz.sh
+fi
+
 log "all stages passed"

@@ -46,7 +46,7 @@ impl Drop for Secret {
     }
 }
 
-const KEY_PREFIX: &str = "tskey-";
+pub const KEY_PREFIX: &str = "tskey-";
 pub const REDACTED_KEY: &str = "tskey-[redacted]";
 
 /// Replaces every `tskey-...` token in `text` with `tskey-[redacted]`.

@@ -264,8 +264,9 @@ pub fn parse_request(head: &[u8]) -> Result<Request<'_>, RequestError> {
     if version != "HTTP/1.1" && version != "HTTP/1.0" {
         return Err(RequestError::Version);
     }
-    // Origin form only; the absolute form is for proxies.
-    if !target.starts_with('/') {
+    // Origin form only (the absolute form is for proxies), visible ASCII only (found by
+    // fuzz/http_request: a tab or other control character inside the target).
+    if !target.starts_with('/') || !target.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(RequestError::Malformed);
     }
     let path = target.split_once('?').map_or(target, |(p, _)| p);
@@ -692,6 +693,14 @@ mod tests {
         assert_eq!(parse_request(b""), Err(RequestError::Malformed));
         assert_eq!(
             parse_request(b"GET  /x HTTP/1.1\r\n"),
+            Err(RequestError::Malformed)
+        );
+        assert_eq!(
+            parse_request(b"GET /x\ty HTTP/1.1\r\n"),
+            Err(RequestError::Malformed)
+        );
+        assert_eq!(
+            parse_request(b"GET /\xc3\xa9 HTTP/1.1\r\n"),
             Err(RequestError::Malformed)
         );
         assert_eq!(head_end(b"a\r\n\r\nrest"), Some(5));
