@@ -11,10 +11,10 @@ for c in rustfmt clippy; do
   rustup component list --installed | grep -q "^$c" || rustup component add "$c" || die "rustup could not add $c"
 done
 
-# Debian packages: iproute2 (lab namespaces), nftables (tests inspect state with `nft`;
+# Debian packages: iproute2 and iputils-ping (lab namespaces), nftables (tests inspect state with `nft`;
 # tsbridge itself never runs it), file (static-binary check), iperf3 (benchmarks),
 # skopeo (reads the OCI archive), qemu-system-x86 (QEMU test).
-PKGS=(iproute2 nftables file iperf3 skopeo qemu-system-x86 cpio dpkg-dev)
+PKGS=(iproute2 iputils-ping nftables file iperf3 skopeo qemu-system-x86 cpio dpkg-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -33,7 +33,24 @@ struct Inner {
     /// Whether readiness needs the pod path (false when the node runs without SNAT, where
     /// tsbridge does not promise a pod path).
     pod_path_required: bool,
-    loops: Vec<(&'static str, bool)>,
+    loops: Vec<(&'static str, Alive)>,
+}
+
+#[derive(Debug)]
+enum Alive {
+    /// A [`LoopGuard`] sets it false when dropped.
+    Flag(bool),
+    /// A task spawned elsewhere: alive until it finishes.
+    Task(tokio::task::AbortHandle),
+}
+
+impl Alive {
+    fn alive(&self) -> bool {
+        match self {
+            Alive::Flag(b) => *b,
+            Alive::Task(h) => !h.is_finished(),
+        }
+    }
 }
 
 /// Shared health state; cheap to clone through an `Arc`.
@@ -84,17 +101,27 @@ impl Health {
     pub fn register_loop(self: &Arc<Self>, name: &'static str) -> LoopGuard {
         let mut g = self.lock();
         let index = g.loops.len();
-        g.loops.push((name, true));
+        g.loops.push((name, Alive::Flag(true)));
         LoopGuard {
             health: Arc::clone(self),
             index,
         }
     }
 
+    /// Registers a task spawned elsewhere; it counts as alive until it finishes.
+    pub fn register_task(&self, name: &'static str, task: tokio::task::AbortHandle) {
+        self.lock().loops.push((name, Alive::Task(task)));
+    }
+
     /// Liveness: `Ok(names of live loops)` or `Err(names of dead loops)`.
     pub fn liveness(&self) -> Result<Vec<&'static str>, Vec<&'static str>> {
         let g = self.lock();
-        let dead: Vec<_> = g.loops.iter().filter(|l| !l.1).map(|l| l.0).collect();
+        let dead: Vec<_> = g
+            .loops
+            .iter()
+            .filter(|l| !l.1.alive())
+            .map(|l| l.0)
+            .collect();
         if dead.is_empty() {
             Ok(g.loops.iter().map(|l| l.0).collect())
         } else {
@@ -115,6 +142,42 @@ impl Health {
     }
 }
 
+/// Keeps `health`'s reconciled and pod-path parts in step with the egress reconciler's
+/// verdicts, until the reconciler is gone. Event-driven: wakes only on a change.
+pub async fn follow_egress(
+    health: Arc<Health>,
+    mut egress: tokio::sync::watch::Receiver<crate::egress::EgressHealth>,
+) {
+    loop {
+        {
+            let e = egress.borrow_and_update();
+            let (reconciled, pod_path) = egress_checks(&e);
+            health.set_reconciled(reconciled);
+            health.set_pod_path(pod_path);
+        }
+        if egress.changed().await.is_err() {
+            health.set_reconciled(Check::Fail("the egress reconciler stopped".into()));
+            return;
+        }
+    }
+}
+
+/// The readiness parts the egress verdicts stand for.
+pub fn egress_checks(e: &crate::egress::EgressHealth) -> (Check, Check) {
+    use crate::egress::guard::PodPath;
+    let reconciled = match (&e.last_error, e.in_sync) {
+        (Some(err), _) => Check::Fail(format!("reconcile failed: {err}")),
+        (None, true) => Check::Ok("kernel state matches the plan".into()),
+        (None, false) => Check::Pending,
+    };
+    let pod_path = match &e.pod_path {
+        PodPath::Ok { via } => Check::Ok(format!("pod packets to the tailnet leave via {via}")),
+        PodPath::Problem(p) => Check::Fail(p.clone()),
+        PodPath::Unknown(why) => Check::Fail(format!("not verified: {why}")),
+    };
+    (reconciled, pod_path)
+}
+
 /// Marks its loop dead when dropped.
 #[derive(Debug)]
 pub struct LoopGuard {
@@ -126,7 +189,7 @@ impl Drop for LoopGuard {
     fn drop(&mut self) {
         let mut g = self.health.lock();
         if let Some(l) = g.loops.get_mut(self.index) {
-            l.1 = false;
+            l.1 = Alive::Flag(false);
         }
     }
 }
@@ -292,6 +355,42 @@ mod tests {
         let body = render_readiness(ok, &parts);
         assert_eq!(body.lines().count(), 2, "{body}");
         assert!(body.contains("degraded: invalid configuration (2 problems)"));
+    }
+
+    #[test]
+    fn egress_verdicts_map_to_readiness_parts() {
+        use crate::egress::EgressHealth;
+        use crate::egress::guard::PodPath;
+        let mut e = EgressHealth::default();
+        let (r, p) = egress_checks(&e);
+        assert_eq!(r, Check::Pending);
+        assert!(matches!(p, Check::Fail(ref s) if s.contains("not verified")));
+        e.in_sync = true;
+        e.pod_path = PodPath::Ok {
+            via: "tailscale0".into(),
+        };
+        let (r, p) = egress_checks(&e);
+        assert!(matches!(r, Check::Ok(_)));
+        assert!(matches!(p, Check::Ok(ref s) if s.contains("tailscale0")));
+        e.last_error = Some("EPERM".into());
+        e.pod_path = PodPath::Problem("leaves via eth0".into());
+        let (r, p) = egress_checks(&e);
+        assert!(matches!(r, Check::Fail(ref s) if s.contains("EPERM")));
+        assert_eq!(p, Check::Fail("leaves via eth0".into()));
+    }
+
+    #[tokio::test]
+    async fn tasks_count_as_alive_until_they_finish() {
+        let h = Arc::new(Health::new());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let t = tokio::spawn(async move {
+            let _ = rx.await;
+        });
+        h.register_task("egress", t.abort_handle());
+        assert_eq!(h.liveness(), Ok(vec!["egress"]));
+        drop(tx);
+        t.await.unwrap();
+        assert_eq!(h.liveness(), Err(vec!["egress"]));
     }
 
     #[test]

@@ -5,7 +5,10 @@
 
 pub mod cli;
 pub mod config;
+pub mod egress;
 pub mod health;
+pub mod join;
+pub mod localapi;
 pub mod logging;
 pub mod metrics;
 pub mod net;
@@ -13,3 +16,4 @@ pub mod run;
 pub mod secret;
 pub mod serve;
 pub mod status;
+pub mod supervisor;

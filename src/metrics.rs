@@ -57,6 +57,14 @@ pub enum ChildExit {
 
 const NO_EXIT: i64 = i64::MIN;
 
+static GLOBAL: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
+
+/// The process's registry: any part of the daemon updates it without plumbing. Tests that
+/// assert values make their own [`Metrics`].
+pub fn global() -> &'static Metrics {
+    GLOBAL.get_or_init(Metrics::new)
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     start_unix: f64,

@@ -92,7 +92,7 @@ impl Default for Limits {
 
 /// What the handlers read.
 pub struct Shared {
-    pub metrics: Arc<Metrics>,
+    pub metrics: &'static Metrics,
     pub health: Arc<Health>,
     pub status: watch::Receiver<TailscaleStatus>,
     pub endpoints: Endpoints,
@@ -372,7 +372,7 @@ mod tests {
     async fn server(endpoints: Endpoints, limits: Limits) -> Server {
         let (status_tx, status) = watch::channel(TailscaleStatus::default());
         let shared = Arc::new(Shared {
-            metrics: Arc::new(Metrics::new()),
+            metrics: Box::leak(Box::new(Metrics::new())),
             health: Arc::new(Health::new()),
             status,
             endpoints,

@@ -34,4 +34,71 @@ pub struct TailscaleStatus {
     /// Increases every time tailscaled is (re)started, so observers can tell a restart
     /// (which flushes tailscale's own rules) from a steady state.
     pub tailscaled_generation: u64,
+    /// What keeps the node off the tailnet, in one line naming the cause (no key, key
+    /// rejected or expired, machine not authorized, tailscaled exited); `None` when fine.
+    pub problem: Option<String>,
+}
+
+impl BackendState {
+    /// From the integer `State` of a watch-ipn-bus `Notify` (`ipn.State`).
+    pub fn from_ipn(n: i64) -> BackendState {
+        match n {
+            0 => BackendState::NoState,
+            1 => BackendState::InUseOtherUser,
+            2 => BackendState::NeedsLogin,
+            3 => BackendState::NeedsMachineAuth,
+            4 => BackendState::Stopped,
+            5 => BackendState::Starting,
+            6 => BackendState::Running,
+            _ => BackendState::NoState,
+        }
+    }
+
+    /// From the string `BackendState` of `/localapi/v0/status`.
+    pub fn from_name(s: &str) -> BackendState {
+        match s {
+            "InUseOtherUser" => BackendState::InUseOtherUser,
+            "NeedsLogin" => BackendState::NeedsLogin,
+            "NeedsMachineAuth" => BackendState::NeedsMachineAuth,
+            "Stopped" => BackendState::Stopped,
+            "Starting" => BackendState::Starting,
+            "Running" => BackendState::Running,
+            _ => BackendState::NoState,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendState::Down => "Down",
+            BackendState::NoState => "NoState",
+            BackendState::InUseOtherUser => "InUseOtherUser",
+            BackendState::NeedsLogin => "NeedsLogin",
+            BackendState::NeedsMachineAuth => "NeedsMachineAuth",
+            BackendState::Stopped => "Stopped",
+            BackendState::Starting => "Starting",
+            BackendState::Running => "Running",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_numbers_and_names_agree() {
+        for n in 0..=6 {
+            let s = BackendState::from_ipn(n);
+            assert_eq!(BackendState::from_name(s.name()), s);
+        }
+        assert_eq!(BackendState::from_ipn(6), BackendState::Running);
+        assert_eq!(BackendState::from_ipn(2), BackendState::NeedsLogin);
+        assert_eq!(BackendState::from_ipn(99), BackendState::NoState);
+    }
 }

@@ -1,0 +1,369 @@
+//! Node-identity guard and pod-path self-check: questions to the kernel, answered as
+//! verdicts the health server (and logs) can show.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::kernel::{Kernel, RouteQuery};
+use super::plan::{EgressConfig, is_tailnet};
+use crate::net::Cidr;
+
+/// MagicDNS's addresses: always routed into the TUN by tailscaled (table 52), so they are
+/// a peer every running node knows.
+pub const PROBE_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 100, 100));
+pub const PROBE_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, 0, 0x53));
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// `TSBRIDGE_LAB_SUBNETS` is unset: nothing pins the node's Kubernetes identity.
+    Unguarded,
+    /// The node has `addr` on `ifname` in a lab subnet, and lab traffic leaves by it.
+    Ok { addr: IpAddr, ifname: String },
+    /// Something is wrong; the text says what.
+    Problem(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodPath {
+    /// Not checked yet, or nothing to check against (no local pod route, TUN absent).
+    Unknown(String),
+    /// A packet from a pod to a tailnet peer would leave by the TUN.
+    Ok {
+        via: String,
+    },
+    Problem(String),
+}
+
+/// The identity verdict.
+pub fn identity(k: &mut dyn Kernel, cfg: &EgressConfig) -> Identity {
+    if cfg.lab_subnets.is_empty() {
+        return Identity::Unguarded;
+    }
+    let (links, addrs) = match (k.links(), k.addrs()) {
+        (Ok(l), Ok(a)) => (l, a),
+        (Err(e), _) | (_, Err(e)) => {
+            return Identity::Problem(format!("cannot read the node's addresses: {e}"));
+        }
+    };
+    let name = |idx: u32| {
+        links
+            .iter()
+            .find(|l| l.index == idx)
+            .map(|l| l.name.clone())
+            .unwrap_or_else(|| format!("if{idx}"))
+    };
+    let Some(own) = addrs
+        .iter()
+        .find(|a| cfg.lab_subnets.iter().any(|s| s.contains(a.addr)))
+    else {
+        let subnets: Vec<String> = cfg.lab_subnets.iter().map(Cidr::to_string).collect();
+        return Identity::Problem(format!(
+            "the node has no address in TSBRIDGE_LAB_SUBNETS ({}): Kubernetes would pick another address, possibly the tailnet one",
+            subnets.join(",")
+        ));
+    };
+    let subnet = cfg
+        .lab_subnets
+        .iter()
+        .find(|s| s.contains(own.addr))
+        .copied();
+    // Where would traffic to a neighbour in the lab subnet go? Not into the TUN, and not
+    // from a tailnet source (an accepted subnet route would do both without the guard).
+    if let Some(probe) = subnet.and_then(|s| neighbour(&s, &addrs_of(&addrs))) {
+        match k.route_get(&RouteQuery {
+            dst: probe,
+            src: None,
+            iif: None,
+        }) {
+            Ok(ans) => {
+                if ans.oif.map(name).as_deref() == Some(cfg.tun.as_str()) {
+                    return Identity::Problem(format!(
+                        "traffic to the lab subnet ({probe}) is routed into {}: a tailnet route captures it",
+                        cfg.tun
+                    ));
+                }
+                if let Some(src) = ans.prefsrc.filter(|s| is_tailnet(*s)) {
+                    return Identity::Problem(format!(
+                        "traffic to the lab subnet ({probe}) would use the tailnet source {src}"
+                    ));
+                }
+            }
+            Err(e) => {
+                return Identity::Problem(format!("no route to the lab subnet ({probe}): {e}"));
+            }
+        }
+    }
+    Identity::Ok {
+        addr: own.addr,
+        ifname: name(own.index),
+    }
+}
+
+fn addrs_of(a: &[super::kernel::Addr]) -> Vec<IpAddr> {
+    a.iter().map(|a| a.addr).collect()
+}
+
+/// An address inside `c` (counting up from its first host) that is none of `own`.
+pub fn neighbour(c: &Cidr, own: &[IpAddr]) -> Option<IpAddr> {
+    (1u32..16).find_map(|i| {
+        let ip = offset(c.addr(), i)?;
+        (c.contains(ip) && !own.contains(&ip)).then_some(ip)
+    })
+}
+
+fn offset(ip: IpAddr, i: u32) -> Option<IpAddr> {
+    match ip {
+        IpAddr::V4(a) => u32::from(a).checked_add(i).map(|v| IpAddr::V4(v.into())),
+        IpAddr::V6(a) => u128::from(a)
+            .checked_add(i as u128)
+            .map(|v| IpAddr::V6(v.into())),
+    }
+}
+
+/// The pod-path verdict: for each pod CIDR family with a local pod route, ask the kernel
+/// where a forwarded packet from a pod address (arriving on that route's interface) to
+/// MagicDNS would go.
+pub fn pod_path(k: &mut dyn Kernel, cfg: &EgressConfig) -> PodPath {
+    let (links, addrs, routes) = match (k.links(), k.addrs(), k.main_routes()) {
+        (Ok(l), Ok(a), Ok(r)) => (l, a, r),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            return PodPath::Unknown(format!("cannot read the node's routes: {e}"));
+        }
+    };
+    let Some(tun) = links.iter().find(|l| l.name == cfg.tun) else {
+        return PodPath::Unknown(format!("{} does not exist yet", cfg.tun));
+    };
+    let name = |idx: u32| {
+        links
+            .iter()
+            .find(|l| l.index == idx)
+            .map(|l| l.name.clone())
+            .unwrap_or_else(|| format!("if{idx}"))
+    };
+    let own = addrs_of(&addrs);
+    let mut checked = Vec::new();
+    for pod in &cfg.pod_cidrs {
+        // The node's own pods sit behind a directly connected route (cni0, a veth);
+        // routes to other nodes' pods (via a gateway, e.g. flannel.1) are the fallback.
+        let candidates = routes.iter().filter(|r| {
+            pod.contains(r.dst.addr())
+                && r.dst.prefix_len() >= pod.prefix_len()
+                && r.oif.is_some_and(|o| o != tun.index)
+        });
+        let local = candidates
+            .clone()
+            .find(|r| !r.via_gateway)
+            .or(candidates.clone().next());
+        let Some(local) = local else { continue };
+        let Some(src) = neighbour(&local.dst, &own) else {
+            continue;
+        };
+        let Some(iif) = local.oif else { continue };
+        let dst = if pod.is_ipv4() { PROBE_V4 } else { PROBE_V6 };
+        match k.route_get(&RouteQuery {
+            dst,
+            src: Some(src),
+            iif: Some(iif),
+        }) {
+            Ok(ans) if ans.oif == Some(tun.index) && ans.kind == 1 => {
+                checked.push(format!("{src}->{dst}"));
+            }
+            Ok(ans) => {
+                return PodPath::Problem(format!(
+                    "a packet from pod {src} (in on {}) to {dst} leaves by {} (route type {}), not {}",
+                    name(iif),
+                    ans.oif.map(name).unwrap_or_else(|| "nowhere".into()),
+                    ans.kind,
+                    cfg.tun
+                ));
+            }
+            Err(e) => {
+                return PodPath::Problem(format!(
+                    "a packet from pod {src} (in on {}) to {dst} is not routed: {e} (is forwarding on?)",
+                    name(iif)
+                ));
+            }
+        }
+    }
+    if checked.is_empty() {
+        PodPath::Unknown("no local pod route to check from yet".into())
+    } else {
+        PodPath::Ok {
+            via: format!("{} ({})", cfg.tun, checked.join(", ")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::egress::kernel::fake::FakeKernel;
+    use crate::egress::kernel::{Addr, Link, Route, RouteAnswer};
+
+    fn cfg(lab: &[&str]) -> EgressConfig {
+        EgressConfig {
+            lab_subnets: lab.iter().map(|s| s.parse().unwrap()).collect(),
+            pod_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+            snat: true,
+            mss_clamp: true,
+            tun: "tailscale0".into(),
+        }
+    }
+
+    fn node() -> FakeKernel {
+        FakeKernel {
+            links: vec![
+                Link {
+                    index: 2,
+                    name: "eth0".into(),
+                    up: true,
+                },
+                Link {
+                    index: 5,
+                    name: "tailscale0".into(),
+                    up: true,
+                },
+                Link {
+                    index: 7,
+                    name: "cni0".into(),
+                    up: true,
+                },
+            ],
+            addrs: vec![
+                Addr {
+                    index: 2,
+                    addr: "192.168.50.10".parse().unwrap(),
+                    prefix_len: 24,
+                },
+                Addr {
+                    index: 5,
+                    addr: "100.64.0.3".parse().unwrap(),
+                    prefix_len: 32,
+                },
+                Addr {
+                    index: 7,
+                    addr: "10.244.1.1".parse().unwrap(),
+                    prefix_len: 24,
+                },
+            ],
+            routes: vec![
+                Route {
+                    dst: "0.0.0.0/0".parse().unwrap(),
+                    oif: Some(2),
+                    via_gateway: true,
+                },
+                // Another node's pods, through an overlay: not the one to ask from.
+                Route {
+                    dst: "10.244.2.0/24".parse().unwrap(),
+                    oif: Some(9),
+                    via_gateway: true,
+                },
+                Route {
+                    dst: "10.244.1.0/24".parse().unwrap(),
+                    oif: Some(7),
+                    via_gateway: false,
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn lab_probe() -> RouteQuery {
+        RouteQuery {
+            dst: "192.168.50.1".parse().unwrap(),
+            src: None,
+            iif: None,
+        }
+    }
+
+    #[test]
+    fn identity_unguarded_without_lab_subnets() {
+        assert_eq!(identity(&mut node(), &cfg(&[])), Identity::Unguarded);
+    }
+
+    #[test]
+    fn identity_ok_when_lab_traffic_leaves_by_the_lab_interface() {
+        let mut k = node();
+        k.answers.push((
+            lab_probe(),
+            RouteAnswer {
+                oif: Some(2),
+                prefsrc: Some("192.168.50.10".parse().unwrap()),
+                table: 254,
+                kind: 1,
+            },
+        ));
+        assert_eq!(
+            identity(&mut k, &cfg(&["192.168.50.0/24"])),
+            Identity::Ok {
+                addr: "192.168.50.10".parse().unwrap(),
+                ifname: "eth0".into()
+            }
+        );
+    }
+
+    #[test]
+    fn identity_problem_when_captured_or_missing() {
+        let mut k = node();
+        k.answers.push((
+            lab_probe(),
+            RouteAnswer {
+                oif: Some(5),
+                prefsrc: Some("100.64.0.3".parse().unwrap()),
+                table: 52,
+                kind: 1,
+            },
+        ));
+        let v = identity(&mut k, &cfg(&["192.168.50.0/24"]));
+        assert!(
+            matches!(&v, Identity::Problem(m) if m.contains("tailscale0")),
+            "{v:?}"
+        );
+        let v = identity(&mut node(), &cfg(&["172.16.0.0/24"]));
+        assert!(
+            matches!(&v, Identity::Problem(m) if m.contains("no address")),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn pod_path_asks_with_pod_source_and_pod_interface() {
+        let mut k = node();
+        let q = RouteQuery {
+            dst: PROBE_V4,
+            src: Some("10.244.1.2".parse().unwrap()),
+            iif: Some(7),
+        };
+        k.answers.push((
+            q.clone(),
+            RouteAnswer {
+                oif: Some(5),
+                prefsrc: None,
+                table: 52,
+                kind: 1,
+            },
+        ));
+        assert!(matches!(pod_path(&mut k, &cfg(&[])), PodPath::Ok { .. }));
+        k.answers[0].1.oif = Some(2);
+        let v = pod_path(&mut k, &cfg(&[]));
+        assert!(
+            matches!(&v, PodPath::Problem(m) if m.contains("eth0")),
+            "{v:?}"
+        );
+        k.answers.clear();
+        assert!(matches!(pod_path(&mut k, &cfg(&[])), PodPath::Problem(_)));
+        k.links.remove(1);
+        assert!(matches!(pod_path(&mut k, &cfg(&[])), PodPath::Unknown(_)));
+    }
+
+    #[test]
+    fn neighbour_skips_own_addresses() {
+        let c: Cidr = "10.244.1.0/24".parse().unwrap();
+        assert_eq!(
+            neighbour(&c, &["10.244.1.1".parse().unwrap()]),
+            Some("10.244.1.2".parse().unwrap())
+        );
+        let one: Cidr = "10.0.0.5/32".parse().unwrap();
+        assert_eq!(neighbour(&one, &[]), None);
+    }
+}

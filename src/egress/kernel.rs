@@ -1,0 +1,572 @@
+//! The kernel as the reconciler sees it: a trait with a real adapter (rtnetlink and
+//! nftables over netlink) and, in tests, a fake.
+
+use std::net::IpAddr;
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NetlinkMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
+};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
+use super::nft;
+use super::nl::{Answer, NlError, NlSocket};
+use super::plan::{NftOp, ObservedNft, ObservedRule, PolicyRule, RT_PROTO};
+use crate::net::Cidr;
+
+/// A network interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub up: bool,
+}
+
+/// An address on an interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Addr {
+    pub index: u32,
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+/// A route in the main table (only what the checks need).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub dst: Cidr,
+    pub oif: Option<u32>,
+    /// Reached through a gateway (not directly connected).
+    pub via_gateway: bool,
+}
+
+/// The kernel's answer to "where would this packet go" (RTM_GETROUTE).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteAnswer {
+    pub oif: Option<u32>,
+    pub prefsrc: Option<IpAddr>,
+    pub table: u32,
+    /// RTN_UNICAST (1) is a normal route; others are blackhole, unreachable, ...
+    pub kind: u8,
+}
+
+/// A route query: `ip route get DST [from SRC iif IIF]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteQuery {
+    pub dst: IpAddr,
+    pub src: Option<IpAddr>,
+    pub iif: Option<u32>,
+}
+
+pub trait Kernel {
+    fn dump_rules(&mut self) -> Result<Vec<ObservedRule>, NlError>;
+    fn add_rule(&mut self, r: &PolicyRule) -> Result<(), NlError>;
+    fn del_rule(&mut self, r: &PolicyRule) -> Result<(), NlError>;
+    fn dump_nft(&mut self) -> Result<ObservedNft, NlError>;
+    /// Applies all ops in one atomic batch.
+    fn apply_nft(&mut self, ops: &[NftOp]) -> Result<(), NlError>;
+    fn links(&mut self) -> Result<Vec<Link>, NlError>;
+    fn addrs(&mut self) -> Result<Vec<Addr>, NlError>;
+    fn main_routes(&mut self) -> Result<Vec<Route>, NlError>;
+    fn route_get(&mut self, q: &RouteQuery) -> Result<RouteAnswer, NlError>;
+}
+
+/// The real kernel of the current network namespace.
+pub struct Netlink {
+    route: NlSocket,
+    nft: NlSocket,
+}
+
+impl Netlink {
+    pub fn new() -> Result<Self, NlError> {
+        Ok(Netlink {
+            route: NlSocket::new(netlink_sys::constants::NETLINK_ROUTE)?,
+            nft: NlSocket::new(netlink_sys::constants::NETLINK_NETFILTER)?,
+        })
+    }
+
+    fn rt_dump(
+        &mut self,
+        what: &str,
+        m: RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>, NlError> {
+        let answers = self.route.request(what, NetlinkMessage::from(m), true)?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|a| match a {
+                Answer::Msg(m) => Some(m),
+                Answer::Undecodable(d) => {
+                    tracing::debug!(what, detail = %d, "skipping an undecodable netlink message");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    fn rt_do(&mut self, what: &str, m: RouteNetlinkMessage, flags: u16) -> Result<(), NlError> {
+        let mut msg = NetlinkMessage::from(m);
+        msg.header.flags |= flags;
+        self.route.request(what, msg, false).map(|_| ())
+    }
+}
+
+fn family_of(ip: &IpAddr) -> AddressFamily {
+    if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
+}
+
+/// The rule message tsbridge adds and deletes: always with an explicit ToTable action and
+/// table, and our protocol.
+fn rule_message(r: &PolicyRule) -> RuleMessage {
+    let mut m = RuleMessage::default();
+    m.header.family = family_of(&r.dst.addr());
+    m.header.dst_len = r.dst.prefix_len();
+    m.header.table = if r.table < 256 { r.table as u8 } else { 0 };
+    m.header.action = RuleAction::ToTable;
+    if r.dst.prefix_len() > 0 {
+        m.attributes.push(RuleAttribute::Destination(r.dst.addr()));
+    }
+    m.attributes.push(RuleAttribute::Priority(r.priority));
+    m.attributes.push(RuleAttribute::Table(r.table));
+    m.attributes
+        .push(RuleAttribute::Protocol(RouteProtocol::from(RT_PROTO)));
+    m
+}
+
+/// A dumped rule reduced to what ownership needs.
+pub fn observed_rule(m: &RuleMessage) -> Option<ObservedRule> {
+    let any: IpAddr = match m.header.family {
+        AddressFamily::Inet => IpAddr::from([0u8; 4]),
+        AddressFamily::Inet6 => IpAddr::from([0u8; 16]),
+        _ => return None,
+    };
+    let mut dst = any;
+    let mut priority = 0;
+    let mut table = m.header.table as u32;
+    let mut protocol = 0u8;
+    let mut foreign_shape =
+        m.header.action != RuleAction::ToTable || m.header.src_len != 0 || m.header.tos != 0;
+    for a in &m.attributes {
+        match a {
+            RuleAttribute::Destination(ip) => dst = *ip,
+            RuleAttribute::Priority(p) => priority = *p,
+            RuleAttribute::Table(t) => table = *t,
+            RuleAttribute::Protocol(p) => protocol = u8::from(*p),
+            // The kernel reports these unset as -1 on every rule.
+            RuleAttribute::SuppressPrefixLen(u32::MAX)
+            | RuleAttribute::SuppressIfGroup(u32::MAX) => {}
+            _ => foreign_shape = true,
+        }
+    }
+    let dst = Cidr::new_truncating(dst, m.header.dst_len).ok()?;
+    Some(ObservedRule {
+        rule: PolicyRule {
+            priority,
+            dst,
+            table,
+        },
+        protocol,
+        foreign_shape,
+    })
+}
+
+fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v) => Some(IpAddr::V4(*v)),
+        RouteAddress::Inet6(v) => Some(IpAddr::V6(*v)),
+        _ => None,
+    }
+}
+
+fn ignore_errno(r: Result<(), NlError>, errno: i32) -> Result<(), NlError> {
+    match r {
+        Err(e) if e.errno() == Some(errno) => Ok(()),
+        other => other,
+    }
+}
+
+const ENOENT: i32 = 2;
+const EEXIST: i32 = 17;
+
+impl Kernel for Netlink {
+    fn dump_rules(&mut self) -> Result<Vec<ObservedRule>, NlError> {
+        let mut out = Vec::new();
+        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut m = RuleMessage::default();
+            m.header.family = fam;
+            for msg in self.rt_dump("dump policy rules", RouteNetlinkMessage::GetRule(m))? {
+                if let RouteNetlinkMessage::NewRule(r) = msg {
+                    out.extend(observed_rule(&r));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn add_rule(&mut self, r: &PolicyRule) -> Result<(), NlError> {
+        let res = self.rt_do(
+            "add policy rule",
+            RouteNetlinkMessage::NewRule(rule_message(r)),
+            NLM_F_CREATE | NLM_F_EXCL,
+        );
+        ignore_errno(res, EEXIST)
+    }
+
+    fn del_rule(&mut self, r: &PolicyRule) -> Result<(), NlError> {
+        let res = self.rt_do(
+            "delete policy rule",
+            RouteNetlinkMessage::DelRule(rule_message(r)),
+            0,
+        );
+        ignore_errno(res, ENOENT)
+    }
+
+    fn dump_nft(&mut self) -> Result<ObservedNft, NlError> {
+        match self
+            .nft
+            .request("get table inet tsbridge", nft::get_table_msg(), false)
+        {
+            Ok(_) => {}
+            Err(e) if e.errno() == Some(ENOENT) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let mut chains = Vec::new();
+        for a in self
+            .nft
+            .request("dump chains of inet tsbridge", nft::get_chains_msg(), true)?
+        {
+            if let Answer::Msg(m) = a {
+                chains.extend(nft::parse_chain(&m));
+            }
+        }
+        let mut rules = Vec::new();
+        let mut undecodable = false;
+        for a in self
+            .nft
+            .request("dump rules of inet tsbridge", nft::get_rules_msg(), true)?
+        {
+            match a {
+                Answer::Msg(m) => rules.extend(nft::parse_rule(&m)),
+                Answer::Undecodable(_) => undecodable = true,
+            }
+        }
+        let mut t = nft::assemble(chains, rules);
+        if undecodable {
+            // A rule we cannot even name cannot be deleted by handle: have the table
+            // replaced as a whole.
+            for c in &mut t {
+                c.kind = None;
+            }
+        }
+        Ok(Some(t))
+    }
+
+    fn apply_nft(&mut self, ops: &[NftOp]) -> Result<(), NlError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let n = ops.len() as u32 + 2;
+        let seq = self.nft.take_seqs(n);
+        let b = nft::batch(ops, seq);
+        self.nft
+            .send_batch("apply the nftables batch", &b.bytes, seq..seq + n, b.acks)
+    }
+
+    fn links(&mut self) -> Result<Vec<Link>, NlError> {
+        let mut out = Vec::new();
+        for msg in self.rt_dump(
+            "dump links",
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        )? {
+            if let RouteNetlinkMessage::NewLink(l) = msg {
+                let name = l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                });
+                out.push(Link {
+                    index: l.header.index,
+                    name: name.unwrap_or_default(),
+                    up: l.header.flags.contains(LinkFlags::Up),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn addrs(&mut self) -> Result<Vec<Addr>, NlError> {
+        let mut out = Vec::new();
+        for msg in self.rt_dump(
+            "dump addresses",
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+        )? {
+            if let RouteNetlinkMessage::NewAddress(a) = msg {
+                // IFA_LOCAL is the interface's own address on point-to-point links;
+                // IFA_ADDRESS otherwise.
+                let local = a.attributes.iter().find_map(|x| match x {
+                    AddressAttribute::Local(ip) => Some(*ip),
+                    _ => None,
+                });
+                let addr = local.or_else(|| {
+                    a.attributes.iter().find_map(|x| match x {
+                        AddressAttribute::Address(ip) => Some(*ip),
+                        _ => None,
+                    })
+                });
+                if let Some(addr) = addr {
+                    out.push(Addr {
+                        index: a.header.index,
+                        addr,
+                        prefix_len: a.header.prefix_len,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn main_routes(&mut self) -> Result<Vec<Route>, NlError> {
+        let mut out = Vec::new();
+        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut m = RouteMessage::default();
+            m.header.address_family = fam;
+            for msg in self.rt_dump("dump routes", RouteNetlinkMessage::GetRoute(m))? {
+                let RouteNetlinkMessage::NewRoute(r) = msg else {
+                    continue;
+                };
+                let mut table = r.header.table as u32;
+                let mut dst = None;
+                let mut oif = None;
+                let mut via_gateway = false;
+                for a in &r.attributes {
+                    match a {
+                        RouteAttribute::Table(t) => table = *t,
+                        RouteAttribute::Destination(d) => dst = route_addr(d),
+                        RouteAttribute::Oif(o) => oif = Some(*o),
+                        RouteAttribute::Gateway(_) | RouteAttribute::Via(_) => via_gateway = true,
+                        _ => {}
+                    }
+                }
+                if table != super::plan::TABLE_MAIN || r.header.kind != RouteType::Unicast {
+                    continue;
+                }
+                let dst = dst.unwrap_or(if fam == AddressFamily::Inet {
+                    IpAddr::from([0u8; 4])
+                } else {
+                    IpAddr::from([0u8; 16])
+                });
+                if let Ok(dst) = Cidr::new_truncating(dst, r.header.destination_prefix_length) {
+                    out.push(Route {
+                        dst,
+                        oif,
+                        via_gateway,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn route_get(&mut self, q: &RouteQuery) -> Result<RouteAnswer, NlError> {
+        let mut m = RouteMessage::default();
+        let full = if q.dst.is_ipv4() { 32 } else { 128 };
+        m.header = RouteHeader {
+            address_family: family_of(&q.dst),
+            destination_prefix_length: full,
+            ..RouteHeader::default()
+        };
+        m.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(q.dst)));
+        if let Some(src) = q.src {
+            m.header.source_prefix_length = full;
+            m.attributes
+                .push(RouteAttribute::Source(RouteAddress::from(src)));
+        }
+        if let Some(iif) = q.iif {
+            m.attributes.push(RouteAttribute::Iif(iif));
+        }
+        let answers = self.route.request(
+            "route get",
+            NetlinkMessage::from(RouteNetlinkMessage::GetRoute(m)),
+            false,
+        )?;
+        for a in answers {
+            if let Answer::Msg(RouteNetlinkMessage::NewRoute(r)) = a {
+                let mut ans = RouteAnswer {
+                    oif: None,
+                    prefsrc: None,
+                    table: r.header.table as u32,
+                    kind: u8::from(r.header.kind),
+                };
+                for a in &r.attributes {
+                    match a {
+                        RouteAttribute::Oif(o) => ans.oif = Some(*o),
+                        RouteAttribute::PrefSource(p) => ans.prefsrc = route_addr(p),
+                        RouteAttribute::Table(t) => ans.table = *t,
+                        _ => {}
+                    }
+                }
+                return Ok(ans);
+            }
+        }
+        Err(NlError::Decode {
+            what: "route get".into(),
+            detail: "no route message in the answer".into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dumped_rules_are_recognised_by_shape() {
+        let mut m = rule_message(&PolicyRule {
+            priority: 5110,
+            dst: "10.244.0.0/16".parse().unwrap(),
+            table: 254,
+        });
+        // As the kernel reports it: unset suppressors as -1.
+        m.attributes
+            .push(RuleAttribute::SuppressPrefixLen(u32::MAX));
+        let o = observed_rule(&m).unwrap();
+        assert_eq!(o.protocol, RT_PROTO);
+        assert!(!o.foreign_shape);
+        assert_eq!(o.rule.dst.to_string(), "10.244.0.0/16");
+        m.attributes.push(RuleAttribute::Iifname("eth0".into()));
+        assert!(observed_rule(&m).unwrap().foreign_shape);
+        let mut m = rule_message(&PolicyRule {
+            priority: 5100,
+            dst: "10.0.0.0/8".parse().unwrap(),
+            table: 254,
+        });
+        m.header.action = RuleAction::Unspec;
+        assert!(
+            observed_rule(&m).unwrap().foreign_shape,
+            "a rule without ToTable"
+        );
+    }
+}
+
+#[cfg(test)]
+pub mod fake {
+    //! An in-memory kernel: rules, an nft table with handles, and a log of calls.
+    use super::*;
+    use crate::egress::plan::{NftOp, ObservedChain};
+
+    #[derive(Default)]
+    pub struct FakeKernel {
+        pub rules: Vec<ObservedRule>,
+        pub nft: ObservedNft,
+        pub next_handle: u64,
+        pub calls: Vec<String>,
+        pub fail_nft: bool,
+        pub links: Vec<Link>,
+        pub addrs: Vec<Addr>,
+        pub routes: Vec<Route>,
+        pub answers: Vec<(RouteQuery, RouteAnswer)>,
+    }
+
+    impl Kernel for FakeKernel {
+        fn dump_rules(&mut self) -> Result<Vec<ObservedRule>, NlError> {
+            Ok(self.rules.clone())
+        }
+        fn add_rule(&mut self, r: &PolicyRule) -> Result<(), NlError> {
+            self.calls
+                .push(format!("add rule {} {}", r.priority, r.dst));
+            self.rules.push(ObservedRule {
+                rule: r.clone(),
+                protocol: RT_PROTO,
+                foreign_shape: false,
+            });
+            Ok(())
+        }
+        fn del_rule(&mut self, r: &PolicyRule) -> Result<(), NlError> {
+            self.calls
+                .push(format!("del rule {} {}", r.priority, r.dst));
+            // Like the kernel: the first rule that matches, protocol included.
+            if let Some(i) = self
+                .rules
+                .iter()
+                .position(|o| &o.rule == r && o.protocol == RT_PROTO)
+            {
+                self.rules.remove(i);
+            }
+            Ok(())
+        }
+        fn dump_nft(&mut self) -> Result<ObservedNft, NlError> {
+            Ok(self.nft.clone())
+        }
+        fn apply_nft(&mut self, ops: &[NftOp]) -> Result<(), NlError> {
+            self.calls.push(format!("nft batch of {}", ops.len()));
+            if self.fail_nft {
+                return Err(NlError::Timeout("fake".into()));
+            }
+            let mut t = self.nft.clone();
+            for op in ops {
+                match op {
+                    NftOp::AddTable => {
+                        t.get_or_insert_with(Vec::new);
+                    }
+                    NftOp::DelTable => t = None,
+                    NftOp::AddChain { name, kind } => {
+                        let c = t.as_mut().expect("table");
+                        if !c.iter().any(|c| &c.name == name) {
+                            c.push(ObservedChain {
+                                name: name.clone(),
+                                kind: Some(*kind),
+                                rules: vec![],
+                            });
+                        }
+                    }
+                    NftOp::AddRule { chain, rule } => {
+                        self.next_handle += 1;
+                        let c = t
+                            .as_mut()
+                            .expect("table")
+                            .iter_mut()
+                            .find(|c| &c.name == chain)
+                            .expect("chain");
+                        c.rules.push((self.next_handle, Some(rule.tag())));
+                    }
+                    NftOp::DelRule { chain, handle } => {
+                        let c = t
+                            .as_mut()
+                            .expect("table")
+                            .iter_mut()
+                            .find(|c| &c.name == chain)
+                            .expect("chain");
+                        c.rules.retain(|(h, _)| h != handle);
+                    }
+                }
+            }
+            // Atomic: only a complete batch lands.
+            self.nft = t;
+            Ok(())
+        }
+        fn links(&mut self) -> Result<Vec<Link>, NlError> {
+            Ok(self.links.clone())
+        }
+        fn addrs(&mut self) -> Result<Vec<Addr>, NlError> {
+            Ok(self.addrs.clone())
+        }
+        fn main_routes(&mut self) -> Result<Vec<Route>, NlError> {
+            Ok(self.routes.clone())
+        }
+        fn route_get(&mut self, q: &RouteQuery) -> Result<RouteAnswer, NlError> {
+            self.answers
+                .iter()
+                .find(|(k, _)| k == q)
+                .map(|(_, a)| a.clone())
+                .ok_or_else(|| NlError::Kernel {
+                    what: "route get".into(),
+                    err: std::io::Error::from_raw_os_error(101),
+                })
+        }
+    }
+}

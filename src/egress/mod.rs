@@ -1,0 +1,300 @@
+//! Pod egress to the tailnet and the guards that keep the node's identity on the lab
+//! subnet: planning ([`plan`]), kernel adapters ([`kernel`], [`nft`], [`nl`]), the
+//! event-driven reconciler ([`run`]), and the verdicts ([`guard`]).
+//!
+//! Start it with [`Egress::new`] and [`Egress::run`]; read its verdicts from the
+//! `watch::Receiver<EgressHealth>` that `new` returns.
+
+pub mod events;
+pub mod guard;
+pub mod kernel;
+pub mod nft;
+pub mod nl;
+pub mod plan;
+pub mod reconcile;
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::status::TailscaleStatus;
+use guard::{Identity, PodPath};
+use kernel::{Kernel, Netlink};
+use plan::{Desired, EgressConfig};
+
+/// Events within this window after the first are handled in one pass (tailscaled adds
+/// routes in bursts).
+pub const DEBOUNCE: Duration = Duration::from_millis(20);
+/// After a failed pass (e.g. a rule deleted by someone between our dump and our batch),
+/// try again after this long, doubling up to [`RETRY_MAX`] while it keeps failing.
+pub const RETRY: Duration = Duration::from_millis(50);
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    #[error(
+        "cannot open netlink sockets (tsbridge needs CAP_NET_ADMIN in the host network namespace): {0}"
+    )]
+    Netlink(#[from] nl::NlError),
+    #[error("cannot subscribe to kernel notifications: {0}")]
+    Events(#[from] std::io::Error),
+}
+
+/// What the egress side knows, for health and logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EgressHealth {
+    pub identity: Identity,
+    pub pod_path: PodPath,
+    /// The kernel matched the plan at the end of the last pass.
+    pub in_sync: bool,
+    pub last_error: Option<String>,
+    /// Passes that had to change something (first install included).
+    pub repairs: u64,
+    pub tailscaled_generation: u64,
+}
+
+impl Default for EgressHealth {
+    fn default() -> Self {
+        EgressHealth {
+            identity: Identity::Unguarded,
+            pod_path: PodPath::Unknown("not checked yet".into()),
+            in_sync: false,
+            last_error: None,
+            repairs: 0,
+            tailscaled_generation: 0,
+        }
+    }
+}
+
+pub struct Egress {
+    cfg: EgressConfig,
+    desired: Desired,
+    health: watch::Sender<EgressHealth>,
+}
+
+impl Egress {
+    pub fn new(cfg: &crate::config::Config) -> (Self, watch::Receiver<EgressHealth>) {
+        Self::with_config(EgressConfig::from_config(cfg))
+    }
+
+    pub fn with_config(cfg: EgressConfig) -> (Self, watch::Receiver<EgressHealth>) {
+        let (tx, rx) = watch::channel(EgressHealth::default());
+        let desired = plan::desired(&cfg);
+        (
+            Egress {
+                cfg,
+                desired,
+                health: tx,
+            },
+            rx,
+        )
+    }
+
+    /// Reconciles until `shutdown`, then removes what it owns. Returns an error only when
+    /// it cannot talk to the kernel at all.
+    pub async fn run(
+        self,
+        mut status: watch::Receiver<TailscaleStatus>,
+        shutdown: CancellationToken,
+    ) -> Result<(), EgressError> {
+        // Subscribe first: a change between the first dump and the subscription would
+        // otherwise go unnoticed.
+        let events = events::Events::new()?;
+        let mut k = Netlink::new()?;
+        info!(
+            rules = self.desired.rules.len(),
+            nft_table = self.desired.chains.is_some(),
+            snat = self.cfg.snat,
+            mss_clamp = self.cfg.mss_clamp,
+            tun = %self.cfg.tun,
+            "egress reconciler starting"
+        );
+        let mut deadline = Some(Instant::now());
+        let mut status_open = true;
+        let mut generation = status.borrow().tailscaled_generation;
+        let mut retry = RETRY;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                ev = events.next() => match ev {
+                    Ok(ev) => {
+                        if ev == events::Event::Overrun {
+                            warn!("netlink notifications overran; full resync");
+                            crate::metrics::global().netlink_resynced();
+                        }
+                        deadline.get_or_insert_with(|| Instant::now() + DEBOUNCE);
+                    }
+                    Err(e) => {
+                        error!(error = %e, "reading kernel notifications failed; retrying");
+                        deadline.get_or_insert_with(Instant::now);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                },
+                r = status.changed(), if status_open => {
+                    if r.is_err() {
+                        status_open = false;
+                    } else {
+                        let g = status.borrow_and_update().tailscaled_generation;
+                        if g != generation {
+                            info!(generation = g, "tailscaled restarted; checking everything");
+                            generation = g;
+                        }
+                        deadline.get_or_insert_with(|| Instant::now() + DEBOUNCE);
+                    }
+                }
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    deadline = None;
+                    if self.pass(&mut k, generation) {
+                        retry = RETRY;
+                    } else {
+                        deadline = Some(Instant::now() + retry);
+                        retry = (retry * 2).min(RETRY_MAX);
+                    }
+                }
+            }
+        }
+        match reconcile::teardown(&mut k) {
+            Ok(ch) => info!(
+                rules_removed = ch.del_rules.len(),
+                nft_table_removed = !ch.nft.is_empty(),
+                "egress state removed"
+            ),
+            Err(e) => error!(error = %e, "removing egress state failed"),
+        }
+        Ok(())
+    }
+
+    /// One reconcile pass plus verdicts; false when it must be retried.
+    fn pass(&self, k: &mut dyn Kernel, generation: u64) -> bool {
+        let began = std::time::Instant::now();
+        let res = reconcile::reconcile(k, &self.desired);
+        let metrics = crate::metrics::global();
+        metrics.reconciled(res.is_ok(), began.elapsed());
+        let identity = guard::identity(k, &self.cfg);
+        let pod_path = guard::pod_path(k, &self.cfg);
+        let ok = res.is_ok();
+        let prev = self.health.borrow().clone();
+        let mut h = prev.clone();
+        match &res {
+            Ok(ch) if !ch.is_empty() => {
+                info!(
+                    rules_added = ch.add_rules.len(),
+                    rules_removed = ch.del_rules.len(),
+                    nft_ops = ch.nft.len(),
+                    "egress state reconciled"
+                );
+                // The first pass installs; later changes repair drift.
+                if prev.in_sync || prev.repairs > 0 {
+                    count_repairs(metrics, ch);
+                }
+                h.repairs += 1;
+            }
+            Ok(_) => debug!("egress state in sync"),
+            Err(e) => error!(error = %e, "egress reconcile failed; retrying"),
+        }
+        h.in_sync = ok;
+        h.last_error = res.err().map(|e| e.to_string());
+        h.tailscaled_generation = generation;
+        if identity != prev.identity {
+            match &identity {
+                Identity::Ok { addr, ifname } => {
+                    info!(addr = %addr, ifname = %ifname, "node identity on the lab subnet")
+                }
+                Identity::Problem(p) => warn!(problem = %p, "node identity is at risk"),
+                Identity::Unguarded => {}
+            }
+        }
+        if pod_path != prev.pod_path {
+            match &pod_path {
+                PodPath::Ok { via } => info!(via = %via, "pod path to the tailnet ok"),
+                PodPath::Problem(p) => warn!(problem = %p, "pod path to the tailnet broken"),
+                PodPath::Unknown(why) => debug!(why = %why, "pod path not checked"),
+            }
+        }
+        h.identity = identity;
+        h.pod_path = pod_path;
+        self.health.send_if_modified(|cur| {
+            if *cur != h {
+                *cur = h;
+                true
+            } else {
+                false
+            }
+        });
+        ok
+    }
+}
+
+/// A read-only look at this node (for `tsbridge check`): what a reconcile pass would
+/// change, and the two verdicts. Changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Empty when tsbridge's objects are all in place.
+    pub pending: plan::Changes,
+    pub identity: Identity,
+    pub pod_path: PodPath,
+}
+
+pub fn snapshot(cfg: &EgressConfig) -> Result<Snapshot, nl::NlError> {
+    let mut k = Netlink::new()?;
+    snapshot_with(&mut k, cfg)
+}
+
+pub fn snapshot_with(k: &mut dyn Kernel, cfg: &EgressConfig) -> Result<Snapshot, nl::NlError> {
+    let rules = k.dump_rules()?;
+    let nft = k.dump_nft()?;
+    Ok(Snapshot {
+        pending: plan::diff(&plan::desired(cfg), &rules, &nft),
+        identity: guard::identity(k, cfg),
+        pod_path: guard::pod_path(k, cfg),
+    })
+}
+
+/// Starts the reconciler as a task (the one line `run.rs` needs). The returned health
+/// receiver is for the health server; the pair is for [`stopped`].
+pub fn start(
+    cfg: &crate::config::Config,
+    status: watch::Receiver<TailscaleStatus>,
+    shutdown: CancellationToken,
+) -> (tokio::task::JoinHandle<()>, watch::Receiver<EgressHealth>) {
+    let (egress, health) = Egress::new(cfg);
+    let task = tokio::spawn(async move {
+        if let Err(e) = egress.run(status, shutdown).await {
+            error!(error = %e, "egress reconciler stopped: pods cannot reach the tailnet");
+        }
+    });
+    (task, health)
+}
+
+/// Waits until the reconciler has removed its state after shutdown was requested.
+pub async fn stopped(started: (tokio::task::JoinHandle<()>, watch::Receiver<EgressHealth>)) {
+    if let Err(e) = started.0.await {
+        error!(error = %e, "egress reconciler task failed");
+    }
+}
+
+/// Counts a repair pass's changes per object kind for `/metrics`.
+fn count_repairs(m: &crate::metrics::Metrics, ch: &plan::Changes) {
+    use crate::metrics::ObjectKind;
+    m.drift_repaired(ObjectKind::Rule, ch.add_rules.len() as u64);
+    for op in &ch.nft {
+        let kind = match op {
+            plan::NftOp::AddTable => ObjectKind::NftTable,
+            plan::NftOp::AddChain { .. } => ObjectKind::NftChain,
+            plan::NftOp::AddRule { .. } => ObjectKind::NftRule,
+            // Removing a stray or duplicate is part of the repair it comes with.
+            plan::NftOp::DelTable | plan::NftOp::DelRule { .. } => continue,
+        };
+        m.drift_repaired(kind, 1);
+    }
+}
+
+async fn sleep_until(d: Option<Instant>) {
+    match d {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,164 @@
+//! Desired vs observed -> minimal changes, applied through a [`Kernel`].
+
+use super::kernel::Kernel;
+use super::nl::NlError;
+use super::plan::{self, Changes, Desired};
+
+/// One dump-diff-apply pass. Idempotent: a second pass right after finds nothing to do.
+/// Rule deletions go first so a stale duplicate never blocks the add of its replacement.
+pub fn reconcile(k: &mut dyn Kernel, desired: &Desired) -> Result<Changes, NlError> {
+    let rules = k.dump_rules()?;
+    let nft = k.dump_nft()?;
+    let ch = plan::diff(desired, &rules, &nft);
+    apply(k, &ch)?;
+    Ok(ch)
+}
+
+/// Removes exactly what tsbridge owns: rules with its protocol and its table.
+pub fn teardown(k: &mut dyn Kernel) -> Result<Changes, NlError> {
+    let rules = k.dump_rules()?;
+    let nft = k.dump_nft()?;
+    let ch = plan::teardown(&rules, &nft);
+    apply(k, &ch)?;
+    Ok(ch)
+}
+
+fn apply(k: &mut dyn Kernel, ch: &Changes) -> Result<(), NlError> {
+    for r in &ch.del_rules {
+        k.del_rule(r)?;
+    }
+    for r in &ch.add_rules {
+        k.add_rule(r)?;
+    }
+    if !ch.nft.is_empty() {
+        k.apply_nft(&ch.nft)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::egress::kernel::fake::FakeKernel;
+    use crate::egress::plan::*;
+
+    fn cfg() -> EgressConfig {
+        EgressConfig {
+            lab_subnets: vec!["192.168.50.0/24".parse().unwrap()],
+            pod_cidrs: vec![
+                "10.244.0.0/16".parse().unwrap(),
+                "fd00:10:244::/56".parse().unwrap(),
+            ],
+            service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+            snat: true,
+            mss_clamp: true,
+            tun: "tailscale0".into(),
+        }
+    }
+
+    fn tailscale_rules() -> Vec<ObservedRule> {
+        [5210u32, 5230, 5250, 5270]
+            .into_iter()
+            .map(|p| ObservedRule {
+                rule: PolicyRule {
+                    priority: p,
+                    dst: "0.0.0.0/0".parse().unwrap(),
+                    table: 52,
+                },
+                protocol: 0,
+                foreign_shape: true,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn converges_and_is_idempotent() {
+        let d = desired(&cfg());
+        let mut k = FakeKernel {
+            rules: tailscale_rules(),
+            ..Default::default()
+        };
+        let ch = reconcile(&mut k, &d).unwrap();
+        assert_eq!(ch.add_rules.len(), 4);
+        assert_eq!(k.calls.len(), 5, "{:?}", k.calls);
+        k.calls.clear();
+        let ch = reconcile(&mut k, &d).unwrap();
+        assert!(ch.is_empty());
+        assert!(
+            k.calls.is_empty(),
+            "no kernel writes when in sync: {:?}",
+            k.calls
+        );
+    }
+
+    #[test]
+    fn restart_adopts_instead_of_duplicating() {
+        let d = desired(&cfg());
+        let mut k = FakeKernel::default();
+        reconcile(&mut k, &d).unwrap();
+        let before_rules = k.rules.clone();
+        let before_nft = k.nft.clone();
+        // A new process: only the kernel state survives.
+        k.calls.clear();
+        reconcile(&mut k, &d).unwrap();
+        assert_eq!(k.rules, before_rules);
+        assert_eq!(k.nft, before_nft);
+        assert!(k.calls.is_empty());
+    }
+
+    #[test]
+    fn repairs_deletions_by_anyone() {
+        let d = desired(&cfg());
+        let mut k = FakeKernel::default();
+        reconcile(&mut k, &d).unwrap();
+        let good_nft = k.nft.clone();
+        k.nft = None;
+        k.rules.remove(2);
+        k.calls.clear();
+        reconcile(&mut k, &d).unwrap();
+        assert_eq!(k.calls.len(), 2, "{:?}", k.calls);
+        assert_eq!(k.rules.len(), 4);
+        let tags = |n: &ObservedNft| -> Vec<Option<String>> {
+            n.as_ref()
+                .unwrap()
+                .iter()
+                .flat_map(|c| c.rules.iter().map(|r| r.1.clone()))
+                .collect()
+        };
+        assert_eq!(tags(&k.nft), tags(&good_nft));
+    }
+
+    #[test]
+    fn teardown_leaves_tailscale_alone() {
+        let d = desired(&cfg());
+        let mut k = FakeKernel {
+            rules: tailscale_rules(),
+            ..Default::default()
+        };
+        reconcile(&mut k, &d).unwrap();
+        super::teardown(&mut k).unwrap();
+        assert_eq!(k.rules, tailscale_rules());
+        assert_eq!(k.nft, None);
+        k.calls.clear();
+        let ch = super::teardown(&mut k).unwrap();
+        assert!(
+            ch.is_empty() && k.calls.is_empty(),
+            "teardown twice is harmless"
+        );
+    }
+
+    #[test]
+    fn a_failed_batch_changes_nothing_and_is_retried() {
+        let d = desired(&cfg());
+        let mut k = FakeKernel {
+            fail_nft: true,
+            ..Default::default()
+        };
+        assert!(reconcile(&mut k, &d).is_err());
+        assert_eq!(k.nft, None);
+        k.fail_nft = false;
+        reconcile(&mut k, &d).unwrap();
+        assert!(k.nft.is_some());
+        assert_eq!(k.rules.len(), 4, "rules are not duplicated by the retry");
+    }
+}

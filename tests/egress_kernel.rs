@@ -1,0 +1,713 @@
+//! The egress adapters against the real kernel, in network namespaces this test creates:
+//! no tailscale needed. A veth named `tailscale0` leads from the "node" namespace to a
+//! "peer" namespace holding tailnet addresses; a "pod" namespace hangs off the node by
+//! another veth. Needs root and `ip`/`nft` (nft only inspects; tsbridge never runs it).
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tsbridge::egress::kernel::{Kernel, Netlink};
+use tsbridge::egress::plan::{self, EgressConfig};
+use tsbridge::egress::{Egress, guard, reconcile};
+use tsbridge::status::TailscaleStatus;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn require_tools() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the egress kernel tests need root (network namespaces); run them as root (CI: make test)"
+    );
+    for t in ["ip", "nft"] {
+        let ok = Command::new(t).arg("-V").output().is_ok();
+        assert!(
+            ok,
+            "`{t}` is missing: install iproute2 and nftables (scripts/setup.sh does)"
+        );
+    }
+}
+
+/// A named network namespace, deleted on drop (also on panic).
+struct Netns(String);
+
+impl Netns {
+    fn new(role: &str) -> Netns {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("tsbeg-{}-{}-{}", std::process::id(), n, role);
+        run("ip", &["netns", "add", &name]);
+        let ns = Netns(name);
+        ns.sh("ip link set lo up");
+        ns
+    }
+
+    fn sh(&self, cmd: &str) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.0, "sh", "-ec", cmd])
+            .output()
+            .expect("ip netns exec");
+        assert!(
+            out.status.success(),
+            "in {}: `{cmd}` failed: {}",
+            self.0,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn try_sh(&self, cmd: &str) -> Option<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.0, "sh", "-ec", cmd])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs `f` on a thread that lives in this namespace (sockets it opens are here).
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.spawn(f).join().expect("namespace thread panicked")
+    }
+
+    fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/var/run/netns/{}", self.0);
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path).expect("open netns");
+            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().expect(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn cfg(snat: bool, mss: bool) -> EgressConfig {
+    EgressConfig {
+        lab_subnets: vec!["192.168.77.0/24".parse().unwrap()],
+        pod_cidrs: vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00:10:244::/56".parse().unwrap(),
+        ],
+        service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+        snat,
+        mss_clamp: mss,
+        tun: "tailscale0".into(),
+    }
+}
+
+/// node <-> peer through a veth called tailscale0 (MTU 1280 on the node side, 1500 on
+/// the peer side so only a clamp can lower the peer's MSS), node <-> pod through a veth,
+/// a lab interface with an address in the lab subnet, tailscale-like rules and table 52.
+struct Lab {
+    node: Netns,
+    pod: Netns,
+    peer: Netns,
+}
+
+fn lab() -> Lab {
+    let node = Netns::new("node");
+    let pod = Netns::new("pod");
+    let peer = Netns::new("peer");
+    let (n, p, q) = (&node.0, &pod.0, &peer.0);
+    node.sh(&format!(
+        "ip link add tailscale0 mtu 1280 type veth peer name ts-peer netns {q} mtu 1500
+         ip link add veth-pod type veth peer name eth0 netns {p}
+         ip link add lab0 type veth peer name lab0-end
+         ip link set lab0-end up
+         ip addr add 192.168.77.10/24 dev lab0; ip link set lab0 up
+         ip route add default via 192.168.77.1 dev lab0
+         ip addr add 100.64.0.1/32 dev tailscale0
+         ip -6 addr add fd7a:115c:a1e0::1/128 dev tailscale0 nodad
+         ip link set tailscale0 up
+         ip addr add 10.244.1.1/24 dev veth-pod
+         ip -6 addr add fd00:10:244:1::1/64 dev veth-pod nodad
+         ip link set veth-pod up
+         sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+         ip route add 100.64.0.2/32 dev tailscale0 table 52
+         ip route add 100.100.100.100/32 dev tailscale0 table 52
+         ip -6 route add fd7a:115c:a1e0::2/128 dev tailscale0 table 52
+         ip -6 route add fd7a:115c:a1e0::53/128 dev tailscale0 table 52
+         ip rule add pref 5270 lookup 52
+         ip -6 rule add pref 5270 lookup 52"
+    ));
+    pod.sh("ip addr add 10.244.1.2/24 dev eth0
+         ip -6 addr add fd00:10:244:1::2/64 dev eth0 nodad
+         ip link set eth0 up
+         ip route add default via 10.244.1.1
+         ip -6 route add default via fd00:10:244:1::1");
+    peer.sh("ip addr add 100.64.0.2/32 dev ts-peer
+         ip -6 addr add fd7a:115c:a1e0::2/128 dev ts-peer nodad
+         ip link set ts-peer up
+         ip route add 100.64.0.1/32 dev ts-peer
+         ip -6 route add fd7a:115c:a1e0::1/128 dev ts-peer");
+    let _ = n;
+    Lab { node, pod, peer }
+}
+
+/// The peer accepts one connection, echoes what it reads, and reports the source address
+/// it saw and its TCP_MAXSEG.
+fn serve_once(peer: &Netns, bind: &str) -> std::thread::JoinHandle<Option<(IpAddr, u32)>> {
+    let bind: SocketAddr = bind.parse().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = peer.spawn(move || {
+        let l = TcpListener::bind(bind).expect("bind in peer");
+        l.set_nonblocking(true).unwrap();
+        tx.send(()).unwrap();
+        let start = Instant::now();
+        let (mut s, from) = loop {
+            match l.accept() {
+                Ok(x) => break x,
+                Err(_) if start.elapsed() < Duration::from_secs(4) => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(_) => return None,
+            }
+        };
+        s.set_nonblocking(false).unwrap();
+        let mss = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::TcpMaxSeg).unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).unwrap();
+        s.write_all(&buf).unwrap();
+        Some((from.ip(), mss))
+    });
+    rx.recv().unwrap();
+    h
+}
+
+/// From the pod: connect, send, read the echo. Err when the connection fails (in time).
+fn pod_connect(pod: &Netns, to: &str) -> Result<(), String> {
+    let to: SocketAddr = to.parse().unwrap();
+    pod.run(move || {
+        let mut s =
+            TcpStream::connect_timeout(&to, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(b"hello").map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).map_err(|e| e.to_string())?;
+        assert_eq!(&buf, b"hello");
+        Ok(())
+    })
+}
+
+fn reconcile_in(ns: &Netns, c: EgressConfig) -> plan::Changes {
+    ns.run(move || {
+        let mut k = Netlink::new().expect("netlink");
+        reconcile::reconcile(&mut k, &plan::desired(&c)).expect("reconcile")
+    })
+}
+
+#[test]
+fn installs_rules_and_table_idempotently_and_tears_down_only_its_own() {
+    require_tools();
+    let l = lab();
+    let ch = reconcile_in(&l.node, cfg(true, true));
+    assert_eq!(ch.add_rules.len(), 4);
+    let rules = l.node.sh("ip rule; ip -6 rule");
+    for want in [
+        "5100:\tfrom all to 192.168.77.0/24 lookup main proto 116",
+        "5110:\tfrom all to 10.244.0.0/16 lookup main proto 116",
+        "5120:\tfrom all to 10.96.0.0/12 lookup main proto 116",
+        "5110:\tfrom all to fd00:10:244::/56 lookup main proto 116",
+        "5270:\tfrom all lookup 52",
+    ] {
+        assert!(rules.contains(want), "missing {want:?} in\n{rules}");
+    }
+    let t = l.node.sh("nft list table inet tsbridge");
+    for want in [
+        "type nat hook postrouting priority srcnat; policy accept;",
+        "oifname \"tailscale0\" ip saddr 10.244.0.0/16 masquerade comment \"tsbridge/v1 masq 10.244.0.0/16 oif tailscale0\"",
+        "oifname \"tailscale0\" ip6 saddr fd00:10:244::/56 masquerade",
+        "type filter hook forward priority mangle; policy accept;",
+        "oifname \"tailscale0\" tcp flags syn tcp option maxseg size set rt mtu",
+        "iifname \"tailscale0\" tcp flags syn tcp option maxseg size set rt mtu",
+    ] {
+        assert!(t.contains(want), "missing {want:?} in\n{t}");
+    }
+    // `tsbridge check`'s view: nothing pending.
+    let snap = l
+        .node
+        .run(|| tsbridge::egress::snapshot(&cfg(true, true)).unwrap());
+    assert!(snap.pending.is_empty(), "{snap:?}");
+    assert!(
+        matches!(snap.pod_path, guard::PodPath::Ok { .. }),
+        "{snap:?}"
+    );
+    // A batch whose last op fails is refused as a whole, and the error is reported.
+    l.node.run(|| {
+        let mut k = Netlink::new().unwrap();
+        assert!(k.dump_nft().unwrap().is_some());
+        let r = k.apply_nft(&[
+            plan::NftOp::AddRule {
+                chain: plan::CHAIN_FORWARD.into(),
+                rule: plan::NftRule::MssClamp {
+                    dir: plan::Direction::Out,
+                    ifname: "extra0".into(),
+                },
+            },
+            plan::NftOp::DelRule {
+                chain: plan::CHAIN_FORWARD.into(),
+                handle: 999_999,
+            },
+        ]);
+        assert!(r.is_err(), "a failed batch reported success");
+    });
+    assert_eq!(
+        l.node
+            .sh("nft list table inet tsbridge | grep -c comment")
+            .trim(),
+        "4",
+        "the batch's first op must not land"
+    );
+    // A second instance (a restart) adopts: nothing to do, nothing duplicated.
+    let ch = reconcile_in(&l.node, cfg(true, true));
+    assert!(ch.is_empty(), "{ch:?}");
+    assert_eq!(l.node.sh("ip rule | grep -c 'proto 116'").trim(), "3");
+    assert_eq!(
+        l.node
+            .sh("nft -a list table inet tsbridge | grep -c comment")
+            .trim(),
+        "4"
+    );
+    // A config change swaps one rule, in place.
+    let mut c = cfg(true, true);
+    c.pod_cidrs[1] = "fd00:10:245::/56".parse().unwrap();
+    let ch = reconcile_in(&l.node, c);
+    assert_eq!(ch.nft.len(), 2, "{:?}", ch.nft);
+    assert_eq!(ch.add_rules.len(), 1);
+    assert_eq!(ch.del_rules.len(), 1);
+    // Teardown: ours gone, tailscale-like rule and table 52 untouched.
+    l.node.run(|| {
+        let mut k = Netlink::new().unwrap();
+        reconcile::teardown(&mut k).unwrap();
+        assert_eq!(k.dump_nft().unwrap(), None);
+    });
+    let rules = l.node.sh("ip rule; ip -6 rule");
+    assert!(!rules.contains("proto 116"), "{rules}");
+    assert!(rules.contains("5270:\tfrom all lookup 52"), "{rules}");
+    assert!(l.node.sh("ip route show table 52").contains("100.64.0.2"));
+    assert!(l.node.try_sh("nft list table inet tsbridge").is_none());
+}
+
+#[test]
+fn pod_traffic_is_masqueraded_to_the_tailnet_address_and_clamped() {
+    require_tools();
+    let l = lab();
+    // Without tsbridge: the peer sees the pod's address and cannot answer.
+    let srv = serve_once(&l.peer, "100.64.0.2:7001");
+    assert!(
+        pod_connect(&l.pod, "100.64.0.2:7001").is_err(),
+        "reached the peer without SNAT?"
+    );
+    assert!(
+        srv.join().unwrap().is_none(),
+        "the peer accepted a connection without SNAT?"
+    );
+
+    // SNAT only: works, and the peer sees the node's tailnet address; no clamp: MSS 1448.
+    reconcile_in(&l.node, cfg(true, false));
+    let srv = serve_once(&l.peer, "100.64.0.2:7002");
+    pod_connect(&l.pod, "100.64.0.2:7002").unwrap();
+    let (from, mss_unclamped) = srv.join().unwrap().expect("peer got no connection");
+    assert_eq!(from, "100.64.0.1".parse::<IpAddr>().unwrap());
+    assert!(mss_unclamped > 1240, "unclamped MSS {mss_unclamped}");
+
+    // With the clamp: the SYN's MSS fits tailscale0's MTU (1280 - 40).
+    reconcile_in(&l.node, cfg(true, true));
+    let srv = serve_once(&l.peer, "100.64.0.2:7003");
+    pod_connect(&l.pod, "100.64.0.2:7003").unwrap();
+    let (_, mss) = srv.join().unwrap().expect("peer got no connection");
+    assert!(
+        mss <= 1240,
+        "clamped MSS {mss} (unclamped was {mss_unclamped})"
+    );
+
+    // IPv6: the pod's fd00:10:244:1::2 leaves as the node's fd7a:115c:a1e0::1.
+    let srv = serve_once(&l.peer, "[fd7a:115c:a1e0::2]:7004");
+    pod_connect(&l.pod, "[fd7a:115c:a1e0::2]:7004").unwrap();
+    let (from, _) = srv.join().unwrap().expect("peer got no connection");
+    assert_eq!(from, "fd7a:115c:a1e0::1".parse::<IpAddr>().unwrap());
+}
+
+#[test]
+fn guard_rules_keep_lab_and_pod_traffic_out_of_table_52() {
+    require_tools();
+    let l = lab();
+    // An accepted subnet route / exit node in table 52 covering the lab and pod CIDRs.
+    l.node
+        .sh("ip route add 192.168.77.0/24 dev tailscale0 table 52
+         ip route add 10.244.0.0/16 dev tailscale0 table 52");
+    let before = l.node.sh("ip route get 192.168.77.1");
+    assert!(
+        before.contains("dev tailscale0"),
+        "setup: table 52 should capture: {before}"
+    );
+    reconcile_in(&l.node, cfg(true, true));
+    let after = l.node.sh("ip route get 192.168.77.1");
+    assert!(after.contains("dev lab0"), "{after}");
+    let pod = l.node.sh("ip route get 10.244.1.2");
+    assert!(pod.contains("dev veth-pod"), "{pod}");
+    // The verdicts agree.
+    l.node.run(|| {
+        let mut k = Netlink::new().unwrap();
+        let c = cfg(true, true);
+        match guard::identity(&mut k, &c) {
+            guard::Identity::Ok { addr, ifname } => {
+                assert_eq!(addr, "192.168.77.10".parse::<IpAddr>().unwrap());
+                assert_eq!(ifname, "lab0");
+            }
+            other => panic!("identity: {other:?}"),
+        }
+        match guard::pod_path(&mut k, &c) {
+            guard::PodPath::Ok { via } => assert!(via.starts_with("tailscale0"), "{via}"),
+            other => panic!("pod path: {other:?}"),
+        }
+    });
+    // And without the guard the identity check notices the capture.
+    l.node.run(|| {
+        let mut k = Netlink::new().unwrap();
+        reconcile::teardown(&mut k).unwrap();
+        let v = guard::identity(&mut k, &cfg(true, true));
+        assert!(
+            matches!(&v, guard::Identity::Problem(p) if p.contains("tailscale0")),
+            "{v:?}"
+        );
+    });
+}
+
+#[test]
+fn pod_path_verdict_sees_a_broken_path() {
+    require_tools();
+    let l = lab();
+    l.node
+        .sh("ip route del 100.100.100.100/32 dev tailscale0 table 52");
+    l.node.run(|| {
+        let mut k = Netlink::new().unwrap();
+        let v = guard::pod_path(&mut k, &cfg(true, true));
+        assert!(
+            matches!(&v, guard::PodPath::Problem(p) if p.contains("lab0")),
+            "{v:?}"
+        );
+    });
+}
+
+/// Polls `check` every millisecond until it holds; returns how long that took.
+fn time_until(limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "not repaired within {limit:?}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn event_driven_repair_and_teardown_on_shutdown() {
+    require_tools();
+    let l = lab();
+    let (status_tx, status_rx) = tokio::sync::watch::channel(TailscaleStatus::default());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    let (egress, health) = Egress::with_config(cfg(true, true));
+    let daemon = l.node.spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(egress.run(status_rx, shutdown))
+    });
+    let quiet = |what: &str| {
+        // No flapping: once in sync, nothing more happens by itself. The repair counter
+        // is published after the kernel already shows the repair (the verdicts run
+        // first), so one late increment is allowed; changes that keep coming are not.
+        let give_up = std::time::Instant::now() + Duration::from_secs(5);
+        let mut r = health.borrow().repairs;
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = health.borrow().repairs;
+            if now == r {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < give_up,
+                "kept changing things after {what}: {r} -> {now} repairs"
+            );
+            r = now;
+        }
+    };
+    let has_table = |ns: &Netns| {
+        ns.try_sh("nft list table inet tsbridge")
+            .is_some_and(|t| t.matches("comment").count() == 4)
+    };
+    time_until(Duration::from_secs(5), || has_table(&l.node));
+    time_until(Duration::from_secs(5), || health.borrow().in_sync);
+    quiet("the first install");
+
+    // Someone deletes the whole table.
+    l.node.sh("nft delete table inet tsbridge");
+    let t_table = time_until(Duration::from_secs(5), || has_table(&l.node));
+    // Someone deletes one nft rule.
+    let handle = l.node.sh(
+        "nft -a list chain inet tsbridge postrouting | grep 'masq 10.244' | sed 's/.*# handle //'",
+    );
+    l.node.sh(&format!(
+        "nft delete rule inet tsbridge postrouting handle {}",
+        handle.trim()
+    ));
+    let t_nft_rule = time_until(Duration::from_secs(5), || has_table(&l.node));
+    // Someone deletes one policy rule.
+    l.node
+        .sh("ip rule del pref 5110 to 10.244.0.0/16 lookup main");
+    let has_rule = |ns: &Netns| {
+        ns.sh("ip rule")
+            .contains("5110:\tfrom all to 10.244.0.0/16 lookup main proto 116")
+    };
+    let t_rule = time_until(Duration::from_secs(5), || has_rule(&l.node));
+    quiet("the repairs");
+    eprintln!(
+        "repair times: nft table {:?}, nft rule {:?}, policy rule {:?}",
+        t_table, t_nft_rule, t_rule
+    );
+    // A tailscaled restart (new generation) flushes tailscale's rules, never ours.
+    status_tx.send_modify(|s| s.tailscaled_generation += 1);
+    l.node
+        .sh("ip rule del pref 5270 lookup 52; ip rule add pref 5270 lookup 52");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        l.node.sh("ip rule | grep -c 'proto 116'").trim(),
+        "3",
+        "no duplicates"
+    );
+    assert_eq!(
+        l.node
+            .sh("nft list table inet tsbridge | grep -c comment")
+            .trim(),
+        "4"
+    );
+    let h = health.borrow().clone();
+    assert!(h.repairs >= 4, "{h:?}");
+    assert_eq!(h.tailscaled_generation, 1);
+
+    stop.cancel();
+    daemon.join().unwrap().unwrap();
+    let rules = l.node.sh("ip rule; ip -6 rule");
+    assert!(!rules.contains("proto 116"), "{rules}");
+    assert!(rules.contains("5270:\tfrom all lookup 52"));
+    assert!(l.node.try_sh("nft list table inet tsbridge").is_none());
+}
+
+/// `tsbridge run` as a process in the node namespace; its log goes to `log`. No
+/// tailscaled is needed: the egress side works from the configuration alone.
+fn start_daemon(
+    ns: &Netns,
+    extra_env: &[(&str, &str)],
+    log: &std::path::Path,
+) -> std::process::Child {
+    let dir = std::env::temp_dir().join(format!("{}-state", ns.0));
+    let out = std::fs::File::create(log).expect("log file");
+    let mut c = Command::new("ip");
+    c.args([
+        "netns",
+        "exec",
+        &ns.0,
+        env!("CARGO_BIN_EXE_tsbridge"),
+        "run",
+    ])
+    .env_clear()
+    .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    .env("TSBRIDGE_LAB_SUBNETS", "192.168.77.0/24")
+    .env("TSBRIDGE_POD_CIDRS", "10.244.0.0/16,fd00:10:244::/56")
+    .env("TSBRIDGE_LISTEN", "off")
+    .env("TS_STATE_DIR", dir.join("state"))
+    .env("TS_SOCKET", dir.join("tailscaled.sock"))
+    .stdout(out.try_clone().unwrap())
+    .stderr(out);
+    for (k, v) in extra_env {
+        c.env(k, v);
+    }
+    c.spawn().expect("start tsbridge")
+}
+
+fn log_path(ns: &Netns, n: u32) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{}-tsbridge-{n}.log", ns.0))
+}
+
+fn stop(mut d: std::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let start = Instant::now();
+    while d.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn daemon_reports_the_node_identity_verdict() {
+    require_tools();
+    let l = lab();
+    let wait_log = |path: &std::path::Path, needle: &str| {
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "no {needle:?} in:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let log = log_path(&l.node, 1);
+    let d = start_daemon(&l.node, &[], &log);
+    let text = wait_log(&log, "node identity on the lab subnet");
+    assert!(
+        text.contains("addr=192.168.77.10") && text.contains("ifname=lab0"),
+        "{text}"
+    );
+    wait_log(&log, "pod path to the tailnet ok");
+    stop(d);
+    // A lab subnet the node has no address in: a warning naming the problem.
+    let log = log_path(&l.node, 2);
+    let d = start_daemon(&l.node, &[("TSBRIDGE_LAB_SUBNETS", "172.31.9.0/24")], &log);
+    let text = wait_log(&log, "node identity is at risk");
+    assert!(
+        text.contains("no address in TSBRIDGE_LAB_SUBNETS"),
+        "{text}"
+    );
+    stop(d);
+    // No lab subnets: the identity is unguarded, and the log says so.
+    let log = log_path(&l.node, 3);
+    let d = start_daemon(&l.node, &[("TSBRIDGE_LAB_SUBNETS", "")], &log);
+    wait_log(&log, "TSBRIDGE_LAB_SUBNETS is not set");
+    stop(d);
+    for n in 1..=3 {
+        let _ = std::fs::remove_file(log_path(&l.node, n));
+    }
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-state", l.node.0)));
+}
+
+#[test]
+fn daemon_adopts_after_kill_9_and_cleans_up_on_sigterm() {
+    require_tools();
+    let l = lab();
+    let count = |ns: &Netns| {
+        let rules = ns.sh("ip rule; ip -6 rule").matches("proto 116").count();
+        let nft = ns
+            .try_sh("nft list table inet tsbridge")
+            .map_or(0, |t| t.matches("comment").count());
+        (rules, nft)
+    };
+    let mut d = start_daemon(&l.node, &[], &log_path(&l.node, 10));
+    time_until(Duration::from_secs(10), || count(&l.node) == (4, 4));
+    // kill -9: no teardown, the state stays (pods keep working while it restarts).
+    d.kill().unwrap();
+    d.wait().unwrap();
+    assert_eq!(count(&l.node), (4, 4));
+    let mut d = start_daemon(&l.node, &[], &log_path(&l.node, 11));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        count(&l.node),
+        (4, 4),
+        "a restart must adopt, not duplicate"
+    );
+    assert!(d.try_wait().unwrap().is_none(), "tsbridge exited");
+    // It still repairs.
+    l.node.sh("nft delete table inet tsbridge");
+    time_until(Duration::from_secs(5), || count(&l.node) == (4, 4));
+    // SIGTERM: ours gone, the tailscale-like rule stays.
+    stop(d);
+    assert_eq!(count(&l.node), (0, 0));
+    assert!(l.node.sh("ip rule").contains("5270:\tfrom all lookup 52"));
+    for n in [10, 11] {
+        let _ = std::fs::remove_file(log_path(&l.node, n));
+    }
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-state", l.node.0)));
+}
+
+#[test]
+fn notifications_report_changes_and_overruns() {
+    require_tools();
+    let ns = Netns::new("events");
+    let name = ns.0.clone();
+    ns.run(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let sh = |cmd: &str| {
+                let ok = Command::new("ip")
+                    .args(["netns", "exec", &name, "sh", "-ec", cmd])
+                    .status()
+                    .unwrap()
+                    .success();
+                assert!(ok, "{cmd}");
+            };
+            let ev = tsbridge::egress::events::Events::new().unwrap();
+            // An nftables change and a rule change each wake the reconciler.
+            sh("nft add table inet someone");
+            let e = tokio::time::timeout(Duration::from_secs(2), ev.next()).await;
+            assert!(matches!(e, Ok(Ok(_))), "no nftables notification: {e:?}");
+            sh("ip rule add pref 4000 to 10.9.0.0/16 lookup main");
+            let e = tokio::time::timeout(Duration::from_secs(2), ev.next()).await;
+            assert!(matches!(e, Ok(Ok(_))), "no rule notification: {e:?}");
+            // A tiny buffer and a burst of changes: the kernel drops notifications and
+            // says so (ENOBUFS), which must come out as an overrun (full resync).
+            let small = tsbridge::egress::events::Events::with_buffer(1024).unwrap();
+            let mut batch = String::from("link set lo up\n");
+            for i in 0..2000 {
+                batch.push_str(&format!(
+                    "route add 10.{}.{}.0/24 dev lo table 100\n",
+                    i / 256,
+                    i % 256
+                ));
+            }
+            let file = format!("/tmp/{name}.batch");
+            std::fs::write(&file, batch).unwrap();
+            sh(&format!("ip -batch {file}"));
+            let _ = std::fs::remove_file(&file);
+            let mut overrun = false;
+            for _ in 0..100 {
+                match tokio::time::timeout(Duration::from_millis(200), small.next()).await {
+                    Ok(Ok(tsbridge::egress::events::Event::Overrun)) => {
+                        overrun = true;
+                        break;
+                    }
+                    Ok(Ok(_)) => continue,
+                    _ => break,
+                }
+            }
+            assert!(
+                overrun,
+                "no overrun reported for 2000 unread route notifications"
+            );
+        });
+    });
+}

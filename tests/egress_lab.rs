@@ -1,0 +1,690 @@
+//! Pods reach the tailnet (issue 4's lab tests): a node running `tsbridge run` (with the
+//! real tailscaled) joined to headscale, a pod namespace behind the node, and a plain
+//! tailscaled peer with a small TCP service. Needs root and `make tools`.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tsbridge_lab::{AuthKey, Control, Host, Lab, Ns, Peer, Pod, Proc, Tools, wait_until};
+
+const PORT: u16 = 7400;
+const MB: u64 = 1 << 20;
+
+fn in_ns<T: Send + 'static>(ns: &Ns, f: impl FnOnce() -> T + Send + 'static) -> T {
+    spawn_in(ns, f).join().expect("namespace thread panicked")
+}
+
+fn spawn_in<T: Send + 'static>(
+    ns: &Ns,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{}", ns.name());
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).expect("open netns");
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
+
+/// The peer's TCP service: `e` echo 5 bytes; `u` + u64 n: receive n bytes, answer `k`;
+/// `d` + u64 n: send n bytes. Records each client's source address.
+struct Service {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<IpAddr>>>,
+}
+
+impl Service {
+    fn start(ns: &Ns) -> Service {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (st, se) = (stop.clone(), seen.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        spawn_in(ns, move || {
+            let l = TcpListener::bind(("::", PORT)).expect("bind the peer's service");
+            l.set_nonblocking(true).unwrap();
+            tx.send(()).unwrap();
+            while !st.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, from)) => {
+                        se.lock().unwrap().push(from.ip().to_canonical());
+                        std::thread::spawn(move || serve(s));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        rx.recv().unwrap();
+        Service { stop, seen }
+    }
+
+    fn last_source(&self) -> Option<IpAddr> {
+        self.seen.lock().unwrap().last().copied()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve(mut s: TcpStream) {
+    s.set_nonblocking(false).ok();
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    let mut cmd = [0u8; 1];
+    if s.read_exact(&mut cmd).is_err() {
+        return;
+    }
+    match cmd[0] {
+        b'e' => {
+            let mut b = [0u8; 5];
+            if s.read_exact(&mut b).is_ok() {
+                let _ = s.write_all(&b);
+            }
+        }
+        b'u' => {
+            let mut n = [0u8; 8];
+            if s.read_exact(&mut n).is_err() {
+                return;
+            }
+            let n = u64::from_be_bytes(n);
+            let got = std::io::copy(&mut (&mut s).take(n), &mut std::io::sink()).unwrap_or(0);
+            if got == n {
+                let _ = s.write_all(b"k");
+            }
+        }
+        b'd' => {
+            let mut n = [0u8; 8];
+            if s.read_exact(&mut n).is_err() {
+                return;
+            }
+            let n = u64::from_be_bytes(n);
+            let _ = std::io::copy(&mut std::io::repeat(0x5a).take(n), &mut s);
+        }
+        _ => {}
+    }
+}
+
+fn connect(to: SocketAddr) -> Result<TcpStream, String> {
+    let s = TcpStream::connect_timeout(&to, Duration::from_secs(3))
+        .map_err(|e| format!("connect {to}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    Ok(s)
+}
+
+/// From the pod: echo through the peer's service.
+fn pod_echo(pod: &Ns, to: IpAddr) -> Result<(), String> {
+    in_ns(pod, move || {
+        let mut s = connect(SocketAddr::new(to, PORT))?;
+        s.write_all(b"ehello").map_err(|e| e.to_string())?;
+        let mut b = [0u8; 5];
+        s.read_exact(&mut b)
+            .map_err(|e| format!("read echo: {e}"))?;
+        (&b == b"hello")
+            .then_some(())
+            .ok_or_else(|| "wrong echo".to_string())
+    })
+}
+
+fn pod_echo_until(pod: &Ns, to: IpAddr, limit: Duration) -> Result<Duration, String> {
+    let start = Instant::now();
+    loop {
+        match pod_echo(pod, to) {
+            Ok(()) => return Ok(start.elapsed()),
+            Err(e) if start.elapsed() > limit => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// From the pod: `n` bytes up, then `n` bytes down.
+fn pod_transfer(pod: &Ns, to: IpAddr, n: u64) -> Result<(), String> {
+    in_ns(pod, move || {
+        let mut s = connect(SocketAddr::new(to, PORT))?;
+        s.write_all(b"u").map_err(|e| e.to_string())?;
+        s.write_all(&n.to_be_bytes()).map_err(|e| e.to_string())?;
+        std::io::copy(&mut std::io::repeat(0xa5).take(n), &mut s)
+            .map_err(|e| format!("upload: {e}"))?;
+        let mut k = [0u8; 1];
+        s.read_exact(&mut k)
+            .map_err(|e| format!("upload ack: {e}"))?;
+        let mut s = connect(SocketAddr::new(to, PORT))?;
+        s.write_all(b"d").map_err(|e| e.to_string())?;
+        s.write_all(&n.to_be_bytes()).map_err(|e| e.to_string())?;
+        let got =
+            std::io::copy(&mut s, &mut std::io::sink()).map_err(|e| format!("download: {e}"))?;
+        (got == n)
+            .then_some(())
+            .ok_or_else(|| format!("downloaded {got} of {n} bytes"))
+    })
+}
+
+/// A DNS A query from inside `ns` (no resolver tools needed).
+fn resolve_a(ns: &Ns, server: IpAddr, name: &str) -> Result<Vec<Ipv4Addr>, String> {
+    let name = name.to_owned();
+    in_ns(ns, move || {
+        let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(Duration::from_secs(3))).ok();
+        let mut q = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in name.trim_end_matches('.').split('.') {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        sock.send_to(&q, (server, 53)).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 1500];
+        let n = sock
+            .recv(&mut buf)
+            .map_err(|e| format!("no DNS answer: {e}"))?;
+        let r = &buf[..n];
+        if r.len() < 12 || r[0..2] != [0x12, 0x34] {
+            return Err("bad DNS answer".into());
+        }
+        let rcode = r[3] & 0x0f;
+        let an = u16::from_be_bytes([r[6], r[7]]);
+        // Skip the question (same as ours).
+        let mut i = q.len();
+        let mut out = Vec::new();
+        for _ in 0..an {
+            // Name: a pointer (2 bytes) or labels.
+            if r.get(i).is_some_and(|b| b & 0xc0 == 0xc0) {
+                i += 2;
+            } else {
+                while i < r.len() && r[i] != 0 {
+                    i += r[i] as usize + 1;
+                }
+                i += 1;
+            }
+            if i + 10 > r.len() {
+                break;
+            }
+            let ty = u16::from_be_bytes([r[i], r[i + 1]]);
+            let len = u16::from_be_bytes([r[i + 8], r[i + 9]]) as usize;
+            i += 10;
+            if ty == 1 && len == 4 && i + 4 <= r.len() {
+                out.push(Ipv4Addr::new(r[i], r[i + 1], r[i + 2], r[i + 3]));
+            }
+            i += len;
+        }
+        if out.is_empty() {
+            return Err(format!("no A record (rcode {rcode}, {an} answers)"));
+        }
+        Ok(out)
+    })
+}
+
+struct World {
+    lab: Lab,
+    control: Control,
+    peer: Peer,
+    node: Host,
+    pod: Pod,
+}
+
+fn world() -> World {
+    let tools = Tools::find(env!("CARGO_BIN_EXE_tsbridge")).expect("lab tools");
+    let lab = Lab::new(tools).expect("lab");
+    let control = lab.control().expect("headscale");
+    let peer = lab.peer(&control, "peer").expect("peer");
+    let node = lab.host("node1").expect("node");
+    let pod = lab.pod(&node).expect("pod");
+    World {
+        lab,
+        control,
+        peer,
+        node,
+        pod,
+    }
+}
+
+impl World {
+    fn key(&self) -> AuthKey {
+        self.lab
+            .preauth_key(&self.control, self.control.user_id, "10m", false, &[])
+            .expect("pre-auth key")
+    }
+
+    fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut env = self.lab.node_env(&self.control, &self.node);
+        env.push(("TS_AUTHKEY".into(), self.key().key));
+        env.push((
+            "TSBRIDGE_POD_CIDRS".into(),
+            format!(
+                "{},{}",
+                tsbridge_lab::POD_CIDR_V4,
+                tsbridge_lab::POD_CIDR_V6
+            ),
+        ));
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        env
+    }
+
+    fn start(&self, env: &[(String, String)]) -> Proc {
+        let p = self
+            .lab
+            .start_tsbridge(&self.node, env)
+            .expect("start tsbridge");
+        if let Err(e) = self.lab.wait_running(&self.node, Duration::from_secs(45)) {
+            panic!("{e}\n{}", tsbridge_lab::tail(&self.lab.log(&p), 40));
+        }
+        p
+    }
+
+    fn node_sh(&self, cmd: &str) -> Option<String> {
+        let out = self.lab.exec(&self.node.ns, &["sh", "-c", cmd]).ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// (tsbridge's policy rules, tsbridge's nft rules) in the node.
+    fn owned(&self) -> (usize, usize) {
+        let rules = self
+            .node_sh("ip rule; ip -6 rule")
+            .unwrap_or_default()
+            .matches("proto 116")
+            .count();
+        let nft = self
+            .node_sh("nft list table inet tsbridge")
+            .map_or(0, |t| t.matches("comment \"tsbridge/").count());
+        (rules, nft)
+    }
+
+    fn wait_owned(&self, want: (usize, usize), p: &Proc) -> Duration {
+        let start = Instant::now();
+        let r = wait_until(Duration::from_secs(10), "tsbridge's kernel state", || {
+            Ok((self.owned() == want).then_some(()))
+        });
+        if let Err(e) = r {
+            panic!(
+                "{e}: have {:?}, want {want:?}\n{}",
+                self.owned(),
+                tsbridge_lab::tail(&self.lab.log(p), 40)
+            );
+        }
+        start.elapsed()
+    }
+
+    fn tailscaled_pids(&self) -> Vec<u32> {
+        self.lab
+            .ns_pids(&self.node.ns)
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "tailscaled")
+            })
+            .collect()
+    }
+
+    fn node_tailnet_v4(&self) -> Ipv4Addr {
+        self.lab
+            .wait_running(&self.node, Duration::from_secs(5))
+            .expect("node running")
+            .0
+    }
+}
+
+/// 4 policy rules (lab subnet, two pod CIDRs, service CIDR) and 4 nft rules (two
+/// masquerades, two clamps).
+const OWNED: (usize, usize) = (4, 4);
+
+/// Tests 1-4: by address (v4, v6), bulk both ways with the MSS clamp, by MagicDNS name.
+#[test]
+fn pod_reaches_peer_by_address_and_by_name() {
+    let w = world();
+    let svc = Service::start(&w.peer.host.ns);
+    // Count the MSS of SYNs arriving at the peer over its tailscale0.
+    let probe = format!(
+        "nft add table inet probe
+         nft add chain inet probe in '{{ type filter hook input priority -300; }}'
+         nft add rule inet probe in iifname tailscale0 tcp dport {PORT} tcp flags syn tcp option maxseg size gt 1240 counter comment big
+         nft add rule inet probe in iifname tailscale0 tcp dport {PORT} tcp flags syn tcp option maxseg size le 1240 counter comment fits"
+    );
+    w.lab
+        .exec_ok(&w.peer.host.ns, &["sh", "-ec", &probe])
+        .expect("probe table in the peer");
+    let ts = w.start(&w.env(&[]));
+    w.wait_owned(OWNED, &ts);
+    let node_v4 = w.node_tailnet_v4();
+
+    // 1. By 100.x address; the peer sees the node's tailnet address.
+    pod_echo_until(&w.pod.ns, IpAddr::V4(w.peer.ip4), Duration::from_secs(20)).unwrap_or_else(
+        |e| {
+            panic!(
+                "pod -> peer v4: {e}\n{}",
+                tsbridge_lab::tail(&w.lab.log(&ts), 30)
+            )
+        },
+    );
+    assert_eq!(svc.last_source(), Some(IpAddr::V4(node_v4)));
+    eprintln!(
+        "pod {} -> peer {}:{PORT}: ok; the peer saw the node's tailnet address {node_v4}",
+        w.pod.addr_v4, w.peer.ip4
+    );
+
+    // 2. By fd7a:115c:a1e0:: address from the pod's IPv6 address.
+    let peer_v6 = w.peer.ip6.expect("the peer has an IPv6 tailnet address");
+    pod_echo_until(&w.pod.ns, IpAddr::V6(peer_v6), Duration::from_secs(10))
+        .expect("pod -> peer v6");
+    let src6 = svc.last_source().unwrap();
+    assert!(
+        matches!(src6, IpAddr::V6(a) if a.segments()[..3] == [0xfd7a, 0x115c, 0xa1e0]),
+        "the peer saw {src6}, not the node's tailnet IPv6 address"
+    );
+    eprintln!(
+        "pod {} -> peer [{peer_v6}]:{PORT}: ok; the peer saw {src6}",
+        w.pod.addr_v6
+    );
+
+    // 3. 20 MB each way; every SYN's MSS fit tailscale0's MTU (1280 - 40).
+    let t = Instant::now();
+    pod_transfer(&w.pod.ns, IpAddr::V4(w.peer.ip4), 20 * MB).expect("20 MB each way");
+    eprintln!("20 MB up + 20 MB down pod <-> peer: {:?}", t.elapsed());
+    let counters = w
+        .lab
+        .exec_ok(&w.peer.host.ns, &["nft", "list", "table", "inet", "probe"])
+        .unwrap();
+    let packets = |tag: &str| -> u64 {
+        counters
+            .lines()
+            .find(|l| l.contains(&format!("comment \"{tag}\"")))
+            .and_then(|l| l.split("packets ").nth(1))
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no counter {tag} in {counters}"))
+    };
+    assert_eq!(packets("big"), 0, "{counters}");
+    assert!(packets("fits") >= 4, "{counters}");
+    eprintln!(
+        "every SYN reaching the peer had MSS <= 1240 ({} SYNs)",
+        packets("fits")
+    );
+
+    // 4. The pod asks 100.100.100.100 (through the node) for the peer's MagicDNS name.
+    let name = format!("peer.{}", tsbridge_lab::BASE_DOMAIN);
+    let addrs = wait_until(Duration::from_secs(10), "MagicDNS answer", || {
+        Ok(resolve_a(&w.pod.ns, "100.100.100.100".parse().unwrap(), &name).ok())
+    })
+    .expect("the pod resolves the peer's name");
+    assert!(addrs.contains(&w.peer.ip4), "{name} -> {addrs:?}");
+    pod_echo(&w.pod.ns, IpAddr::V4(addrs[0])).expect("pod -> peer by name");
+    eprintln!(
+        "pod asked 100.100.100.100 for {name}: {addrs:?}; connected to {}:{PORT}: ok",
+        addrs[0]
+    );
+}
+
+/// Tests 5 and 6: deletions are repaired (timed), and a tailscaled crash is survived.
+#[test]
+fn repairs_deletions_and_survives_a_tailscaled_crash() {
+    let w = world();
+    let _svc = Service::start(&w.peer.host.ns);
+    let ts = w.start(&w.env(&[]));
+    w.wait_owned(OWNED, &ts);
+    pod_echo_until(&w.pod.ns, IpAddr::V4(w.peer.ip4), Duration::from_secs(20))
+        .expect("pod -> peer");
+
+    // 5. Delete the table, then one nft rule, then one policy rule.
+    w.node_sh("nft delete table inet tsbridge")
+        .expect("delete table");
+    let t_table = w.wait_owned(OWNED, &ts);
+    let h = w
+        .node_sh("nft -a list chain inet tsbridge postrouting | grep 'masq 10.244' | sed 's/.*# handle //'")
+        .unwrap();
+    w.node_sh(&format!(
+        "nft delete rule inet tsbridge postrouting handle {}",
+        h.trim()
+    ))
+    .expect("delete nft rule");
+    let t_nft_rule = w.wait_owned(OWNED, &ts);
+    w.node_sh("ip rule del pref 5110 to 10.244.0.0/16 lookup main")
+        .expect("delete rule");
+    let t_rule = w.wait_owned(OWNED, &ts);
+    eprintln!(
+        "lab repair times (incl. polling with ip/nft): table {t_table:?}, nft rule {t_nft_rule:?}, policy rule {t_rule:?}"
+    );
+    pod_echo(&w.pod.ns, IpAddr::V4(w.peer.ip4)).expect("pod -> peer after repairs");
+
+    // 6. kill -9 tailscaled: tsbridge restarts it; the pod reaches the peer again with no
+    // action from anyone.
+    let pids = w.tailscaled_pids();
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0] as i32), Signal::SIGKILL).unwrap();
+    let t = Instant::now();
+    wait_until(Duration::from_secs(30), "a new tailscaled", || {
+        Ok(w.tailscaled_pids()
+            .iter()
+            .any(|p| *p != pids[0])
+            .then_some(()))
+    })
+    .expect("tailscaled restarted");
+    let back = pod_echo_until(&w.pod.ns, IpAddr::V4(w.peer.ip4), Duration::from_secs(60))
+        .unwrap_or_else(|e| {
+            panic!(
+                "pod -> peer after tailscaled crash: {e}\n{}",
+                tsbridge_lab::tail(&w.lab.log(&ts), 40)
+            )
+        });
+    eprintln!(
+        "pod reaches the peer {:?} after the tailscaled kill ({back:?} after the first try)",
+        t.elapsed()
+    );
+    assert_eq!(
+        w.owned(),
+        OWNED,
+        "no duplicates after the tailscaled restart"
+    );
+}
+
+/// Test 7: an accepted route covering the lab subnet does not capture node-to-lab traffic.
+#[test]
+fn accepted_route_over_the_lab_subnet_does_not_capture_it() {
+    let w = world();
+    w.lab
+        .tailscale(
+            &w.peer.host,
+            &[
+                "set",
+                &format!("--advertise-routes={}", tsbridge_lab::LAN_CIDR),
+            ],
+        )
+        .map(|o| assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr)))
+        .unwrap();
+    approve(&w, "peer", tsbridge_lab::LAN_CIDR);
+    let ts = w.start(&w.env(&[(
+        "TS_EXTRA_ARGS",
+        &format!("--login-server={} --accept-routes=true", w.control.url),
+    )]));
+    w.wait_owned(OWNED, &ts);
+    // The route is in table 52 (so the guard is what keeps lab traffic out of it)...
+    wait_until(
+        Duration::from_secs(30),
+        "the accepted route in table 52",
+        || {
+            Ok(w.node_sh("ip route show table 52")
+                .filter(|t| t.contains(tsbridge_lab::LAN_CIDR))
+                .map(|_| ()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}", w.node_sh("ip route show table 52")));
+    // ...and node-to-lab traffic still leaves by the lab interface.
+    let ctl = w.control.host.lan_addr.to_string();
+    let r = w.node_sh(&format!("ip route get {ctl}")).unwrap();
+    assert!(!r.contains("tailscale0"), "{r}");
+    w.lab
+        .ping(&w.node.ns, IpAddr::V4(w.control.host.lan_addr), 1)
+        .expect("node reaches the lab");
+    // Without the guard it would be captured: tailscale's `from all lookup 52` comes
+    // before main, and table 52 holds the lab route (checked above).
+    let rules = w.node_sh("ip rule").unwrap();
+    assert!(rules.contains("5270:\tfrom all lookup 52"), "{rules}");
+    assert!(
+        rules.contains("5100:\tfrom all to 192.168.77.0/24 lookup main proto 116"),
+        "{rules}"
+    );
+}
+
+fn approve(w: &World, hostname: &str, routes: &str) {
+    let nodes = w.lab.nodes(&w.control).unwrap();
+    let id = nodes
+        .iter()
+        .find(|n| {
+            n["given_name"].as_str() == Some(hostname) || n["name"].as_str() == Some(hostname)
+        })
+        .and_then(|n| {
+            n["id"]
+                .as_u64()
+                .or_else(|| n["id"].as_str().and_then(|s| s.parse().ok()))
+        })
+        .unwrap_or_else(|| panic!("no node {hostname} in {nodes:?}"));
+    w.lab
+        .headscale(
+            &w.control,
+            &[
+                "nodes",
+                "approve-routes",
+                "--identifier",
+                &id.to_string(),
+                "--routes",
+                routes,
+            ],
+        )
+        .expect("approve routes");
+}
+
+/// Tests 8 and 9: SIGTERM removes exactly ours; kill -9 and a new start adopts.
+#[test]
+fn sigterm_cleans_up_and_a_killed_instance_is_adopted() {
+    let w = world();
+    let env = w.env(&[]);
+    let ts = w.start(&env);
+    w.wait_owned(OWNED, &ts);
+    let rules = w.node_sh("ip rule").unwrap();
+    assert!(
+        rules.contains("5270:\tfrom all lookup 52"),
+        "tailscale's rules: {rules}"
+    );
+
+    // 9. kill -9 (as a crash of the container: tsbridge and its tailscaled), start again.
+    let tsd = w.tailscaled_pids();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(ts.pid as i32), Signal::SIGKILL).unwrap();
+    for p in tsd {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), Signal::SIGKILL);
+    }
+    w.lab
+        .wait_exit(&ts, Duration::from_secs(5))
+        .expect("tsbridge gone");
+    assert_eq!(w.owned(), OWNED, "kill -9 leaves the state in place");
+    let ts = w.start(&env);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        w.owned(),
+        OWNED,
+        "the restart adopted instead of duplicating"
+    );
+    let table = w.node_sh("nft list ruleset").unwrap();
+    assert_eq!(table.matches("table inet tsbridge").count(), 1, "{table}");
+
+    // 8. SIGTERM: ours go first, while tailscaled still runs and its rules and nft
+    // chains are still there; then tsbridge exits.
+    let tailscale_state = w.node_sh("ip rule; nft list tables").unwrap();
+    assert!(tailscale_state.contains("lookup 52"), "{tailscale_state}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(ts.pid as i32), Signal::SIGTERM).unwrap();
+    let start = Instant::now();
+    let snapshot = loop {
+        let s = w
+            .node_sh("ip rule; ip -6 rule; nft list tables")
+            .unwrap_or_default();
+        if !s.contains("proto 116") && !s.contains("inet tsbridge") {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "state not removed: {s}"
+        );
+    };
+    assert!(
+        snapshot.contains("5270:\tfrom all lookup 52"),
+        "tailscale's rules went with ours: {snapshot}"
+    );
+    assert!(
+        snapshot.contains("table ip filter"),
+        "tailscale's nftables went with ours: {snapshot}"
+    );
+    let st = w.lab.wait_exit(&ts, Duration::from_secs(10));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "exit after SIGTERM: {st:?}"
+    );
+    assert_eq!(w.owned(), (0, 0));
+    let log = w.lab.log(&ts);
+    assert!(
+        log.contains("egress state removed"),
+        "{}",
+        tsbridge_lab::tail(&log, 20)
+    );
+    assert!(
+        log.contains("rules_removed=4"),
+        "{}",
+        tsbridge_lab::tail(&log, 20)
+    );
+    eprintln!("after SIGTERM, ours gone while tailscale's remain:\n{snapshot}");
+}
+
+/// Test 10: without tsbridge's SNAT the pod cannot reach the peer.
+#[test]
+fn without_snat_the_pod_cannot_reach_the_peer() {
+    let w = world();
+    let svc = Service::start(&w.peer.host.ns);
+    let ts = w.start(&w.env(&[("TSBRIDGE_SNAT", "false")]));
+    w.wait_owned((4, 2), &ts);
+    // The node itself reaches the peer: the tailnet works, only the pod path lacks SNAT.
+    w.lab
+        .ping_until(&w.node.ns, IpAddr::V4(w.peer.ip4), Duration::from_secs(20))
+        .expect("node -> peer");
+    let r = pod_echo(&w.pod.ns, IpAddr::V4(w.peer.ip4));
+    assert!(r.is_err(), "the pod reached the peer without SNAT");
+    assert_eq!(svc.last_source(), None);
+}
+
+/// Test 11: inbound subnet routing into the pod CIDR still works with the guards.
+#[test]
+fn inbound_subnet_route_to_the_pod_still_works() {
+    let w = world();
+    let svc_pod = Service::start(&w.pod.ns);
+    let ts = w.start(&w.env(&[("TS_ROUTES", &w.pod.cidr_v4)]));
+    w.wait_owned(OWNED, &ts);
+    approve(&w, "node1", &w.pod.cidr_v4);
+    w.lab
+        .tailscale(&w.peer.host, &["set", "--accept-routes=true"])
+        .map(|o| assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr)))
+        .unwrap();
+    let pod_addr = IpAddr::V4(w.pod.addr_v4);
+    let start = Instant::now();
+    let r = loop {
+        let r = in_ns(&w.peer.host.ns, move || -> Result<(), String> {
+            let mut s = connect(SocketAddr::new(pod_addr, PORT))?;
+            s.write_all(b"ehello").map_err(|e| e.to_string())?;
+            let mut b = [0u8; 5];
+            s.read_exact(&mut b).map_err(|e| e.to_string())?;
+            Ok(())
+        });
+        if r.is_ok() || start.elapsed() > Duration::from_secs(30) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    r.unwrap_or_else(|e| {
+        panic!(
+            "peer -> pod through the node: {e}\npeer table 52: {:?}\n{}",
+            w.lab
+                .exec_ok(&w.peer.host.ns, &["ip", "route", "show", "table", "52"]),
+            tsbridge_lab::tail(&w.lab.log(&ts), 30)
+        )
+    });
+    assert!(svc_pod.last_source().is_some());
+}
