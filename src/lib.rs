@@ -3,6 +3,7 @@
 //! The library holds everything; `main.rs` only dispatches. Pure planning lives in plain
 //! functions over plain data; kernel and process effects are small adapters.
 
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod egress;
