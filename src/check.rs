@@ -89,9 +89,9 @@ pub fn render_text(items: &[Item]) -> String {
     let mut out = String::new();
     for i in items {
         let mark = if i.ok { "ok  " } else { "FAIL" };
-        out.push_str(&format!("{mark} {:<12} {}\n", i.name, one_line(&i.detail)));
+        out.push_str(&format!("{mark} {:<13} {}\n", i.name, one_line(&i.detail)));
         if let Some(f) = &i.fix {
-            out.push_str(&format!("     {:<12} fix: {}\n", "", one_line(f)));
+            out.push_str(&format!("     {:<13} fix: {}\n", "", one_line(f)));
         }
     }
     let failed = items.iter().filter(|i| !i.ok).count();
