@@ -19,6 +19,8 @@ cargo test --locked
 if [ "${TSBRIDGE_LONG:-0}" = 1 ]; then
   stage "fuzzing (long mode, ${TSBRIDGE_FUZZ_SECONDS:-60}s per target)"
   scripts/fuzz.sh
+  stage "fault suites in the lab (long mode)"
+  cargo test --locked --test faults_lab -- --ignored --test-threads=1
 fi
 
 log "all stages passed"
