@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use tsbridge_lab::{Control, Host, Lab, Ns, Proc, Tools, wait_until};
+use tsbridge_lab::{Control, Host, Lab, Ns, Peer, Proc, Tools, wait_until};
 
 const LISTEN: &str = "127.0.0.1:9002";
 
@@ -50,12 +50,12 @@ fn main() {
     let tools = Tools::find(&bin).expect("lab tools (make tools)");
     let lab = Lab::new(tools).expect("lab");
     let control = lab.control().expect("headscale");
-    let _peer = lab.peer(&control, "peer").expect("peer");
+    let peer = lab.peer(&control, "peer").expect("peer");
 
     eprintln!("== tsbridge");
     results.insert(
         "tsbridge".into(),
-        run_tsbridge(&lab, &control, trials, idle),
+        run_tsbridge(&lab, &control, &peer, trials, idle),
     );
     eprintln!("== containerboot");
     results.insert(
@@ -255,9 +255,9 @@ fn sigterm_exit(lab: &Lab, p: &Proc) -> Option<f64> {
         .map(|_| t.elapsed().as_secs_f64() * 1000.0)
 }
 
-fn run_tsbridge(lab: &Lab, control: &Control, trials: usize, idle: Duration) -> Value {
+fn run_tsbridge(lab: &Lab, control: &Control, peer: &Peer, trials: usize, idle: Duration) -> Value {
     let node = lab.host("tsb").expect("node");
-    let _pod = lab.pod(&node).expect("pod");
+    let pod = lab.pod(&node).expect("pod");
     let mut env = lab.node_env(control, &node);
     env.push(("TS_AUTHKEY".into(), key(lab, control)));
     env.push((
@@ -302,11 +302,15 @@ fn run_tsbridge(lab: &Lab, control: &Control, trials: usize, idle: Duration) -> 
         "ip rule del priority 5100",
         "ip rule show priority 5100 | grep -q lookup",
     );
+    let storm = route_storm(lab, &node.ns, p.pid, 10_000);
+    let throughput = iperf(lab, &node.ns, &pod.ns, peer);
     let cpu = cpu_ms(p.pid);
     let stop = sigterm_exit(lab, &p);
     json!({
         "start_to_running_ms": running.as_secs_f64() * 1000.0,
         "running_to_pod_path_ready_ms": ready_ms,
+        "route_storm": storm,
+        "throughput": throughput,
         "rss_kib": rss,
         "tailscaled_rss_kib": ts_rss,
         "idle_wakeups_per_min": wakeups,
@@ -371,6 +375,69 @@ fn run_containerboot(lab: &Lab, control: &Control, cb: &Path, idle: Duration) ->
         "idle_wakeups_per_min": wakeups,
         "cpu_ms_total": cpu,
         "sigterm_to_exit_ms": stop,
+    })
+}
+
+/// 10,000 route adds then deletes in table 52 (a large tailnet's churn): tsbridge's CPU
+/// time and peak RSS, and whether its state is right afterwards.
+fn route_storm(lab: &Lab, ns: &Ns, pid: u32, n: usize) -> Value {
+    let script = format!(
+        "i=0; while [ $i -lt {n} ]; do echo \"route add 100.96.$((i / 250)).$((i % 250 + 1))/32 dev tailscale0 table 52\"; i=$((i+1)); done > /tmp/storm-$$.add
+         sed 's/route add/route del/' /tmp/storm-$$.add > /tmp/storm-$$.del
+         ip -batch /tmp/storm-$$.add && ip -batch /tmp/storm-$$.del; rc=$?; rm -f /tmp/storm-$$.*; exit $rc"
+    );
+    let cpu0 = cpu_ms(pid);
+    let t = Instant::now();
+    lab.exec_ok(ns, &["sh", "-c", &script])
+        .expect("route storm");
+    let took = t.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let state_right = readyz(ns) == Some(200)
+        && lab
+            .exec_ok(ns, &["sh", "-c", "ip rule; ip -6 rule"])
+            .map(|r| r.matches("proto 116").count() == 4)
+            .unwrap_or(false);
+    json!({
+        "routes": n,
+        "storm_ms": took.as_secs_f64() * 1000.0,
+        "cpu_ms": cpu_ms(pid) - cpu0,
+        "peak_rss_kib": status_field(pid, "VmHWM:"),
+        "state_right_after": state_right,
+    })
+}
+
+/// iperf3 (TCP, 5 s) to the peer's tailnet address from the pod and from the node.
+fn iperf(lab: &Lab, node: &Ns, pod: &Ns, peer: &Peer) -> Value {
+    let server = lab
+        .spawn(
+            &peer.host.ns,
+            "peer-iperf3",
+            &["iperf3", "-s", "-p", "5201"],
+            &[],
+        )
+        .expect("iperf3 server");
+    std::thread::sleep(Duration::from_millis(500));
+    let target = peer.ip4.to_string();
+    let run = |ns: &Ns| -> Option<f64> {
+        let out = lab
+            .exec_ok(
+                ns,
+                &["iperf3", "-c", &target, "-p", "5201", "-t", "5", "-J"],
+            )
+            .ok()?;
+        let v: Value = serde_json::from_str(&out).ok()?;
+        v["end"]["sum_received"]["bits_per_second"].as_f64()
+    };
+    let node_bps = run(node);
+    let pod_bps = run(pod);
+    lab.stop(&server);
+    json!({
+        "node_to_peer_mbit": node_bps.map(|b| b / 1e6),
+        "pod_to_peer_mbit": pod_bps.map(|b| b / 1e6),
+        "pod_over_node": match (pod_bps, node_bps) {
+            (Some(p), Some(n)) if n > 0.0 => Some(p / n),
+            _ => None,
+        },
     })
 }
 
@@ -481,8 +548,33 @@ fn table(v: &Value) -> String {
             "n/a (nothing to repair)".into(),
         );
     }
+    let st = &t["route_storm"];
     row(
-        "CPU time of the daemon, whole run (ms)",
+        &format!(
+            "route storm, {} adds + deletes in table 52: CPU ms / peak RSS KiB / state right",
+            f(&st["routes"])
+        ),
+        format!(
+            "{} / {} / {}",
+            f(&st["cpu_ms"]),
+            f(&st["peak_rss_kib"]),
+            f(&st["state_right_after"])
+        ),
+        "n/a".into(),
+    );
+    let tp = &t["throughput"];
+    row(
+        "iperf3 to a peer: pod / node (Mbit/s), ratio",
+        format!(
+            "{} / {}, {}",
+            f(&tp["pod_to_peer_mbit"]),
+            f(&tp["node_to_peer_mbit"]),
+            f(&tp["pod_over_node"])
+        ),
+        "pod: no path".into(),
+    );
+    row(
+        "CPU time of the daemon, whole run incl. repairs and storm (ms)",
         f(&t["cpu_ms_total"]),
         f(&c["cpu_ms_total"]),
     );
