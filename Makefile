@@ -5,7 +5,7 @@ BIN := target/$(TARGET)/release/tsbridge
 # The release binary must stay small (see README).
 MAX_SIZE := 2621440
 
-.PHONY: all setup tools build lab test unit lint check-binary extension test-extension test-talos qemu-test
+.PHONY: all setup tools build lab test unit lint check-binary extension test-extension test-talos qemu-test test-long fuzz bench
 
 all: build
 
@@ -55,3 +55,15 @@ unit:
 # The whole test suite, from a fresh clone: set-up, lint, build, all tests.
 test: setup
 	scripts/test.sh
+
+# The test suite plus the slow suites (fuzzing for TSBRIDGE_FUZZ_SECONDS per target).
+test-long:
+	TSBRIDGE_LONG=1 scripts/setup.sh
+	TSBRIDGE_LONG=1 scripts/test.sh
+
+fuzz:
+	scripts/fuzz.sh
+
+# Benchmarks against containerboot (not tests): a table on stdout, JSON in bench/out/.
+bench: setup build
+	bench/run.sh

@@ -27,3 +27,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 "$ROOT/scripts/tools.sh"
+
+# Long mode (fuzzing) needs the nightly toolchain and cargo-fuzz.
+if [ "${TSBRIDGE_LONG:-0}" = 1 ]; then
+  rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal ||
+    die "rustup could not install the nightly toolchain (needed by cargo fuzz)"
+  command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked || die "cargo install cargo-fuzz failed"
+fi

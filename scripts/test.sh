@@ -27,4 +27,12 @@ scripts/test-talos.sh
 stage "QEMU: a real kernel boots and runs dist/extension/ as Talos would"
 tests/qemu/run.sh
 
+# Long mode (`make test-long`, TSBRIDGE_LONG=1): slow suites that CI's default run skips.
+if [ "${TSBRIDGE_LONG:-0}" = 1 ]; then
+  stage "fuzzing (long mode, ${TSBRIDGE_FUZZ_SECONDS:-60}s per target)"
+  scripts/fuzz.sh
+  stage "fault suites in the lab (long mode)"
+  cargo test --locked --test faults_lab -- --ignored --test-threads=1
+fi
+
 log "all stages passed"

@@ -42,6 +42,19 @@ Validates the configuration in the environment, prints the effective values (sec
 redacted) and every problem. Exit status 0 when valid, 1 otherwise.
 ";
 
+const CHECK_HELP: &str = "\
+Usage: tsbridge check [--json]
+
+Explains whether a pod on this node can reach the tailnet: tailscaled's state and
+addresses, tsbridge's guard rules and nftables table, the route a pod packet to the
+tailnet takes, the node-identity guard, and a MagicDNS query to 100.100.100.100. Each
+check prints ok or FAIL with a one-line fix. Run it on the node (host network namespace,
+as root) with the service's environment. Exit status 0 only when every check passes.
+
+Options:
+  --json  one JSON object: {\"ok\": bool, \"checks\": [{name, ok, detail, fix}]}
+";
+
 const VERSION_HELP: &str = "\
 Usage: tsbridge version
 
@@ -54,8 +67,6 @@ pub(crate) enum CliError {
     Args(#[from] lexopt::Error),
     #[error("unknown command {0:?}; run `tsbridge --help`")]
     UnknownCommand(String),
-    #[error("`tsbridge {0}` is not implemented yet in this build")]
-    NotImplemented(&'static str),
     #[error("{0}")]
     Patch(#[from] crate::talos::PatchError),
     #[error("{0}")]
@@ -112,7 +123,20 @@ fn dispatch() -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         "patch" => crate::patch_cli::main(&mut parser),
-        "check" => Err(CliError::NotImplemented("check")),
+        "check" => {
+            let mut json = false;
+            while let Some(arg) = parser.next()? {
+                match arg {
+                    Long("json") => json = true,
+                    Short('h') | Long("help") => {
+                        print!("{CHECK_HELP}");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    other => return Err(other.unexpected().into()),
+                }
+            }
+            Ok(crate::check::main(json))
+        }
         "help" => {
             print!("{MAIN_HELP}");
             Ok(ExitCode::SUCCESS)

@@ -424,6 +424,7 @@ pub async fn run(
                         Err(f) => {
                             let delay = backoff.next_delay(Duration::ZERO, random_u64());
                             error!(retry_in_ms = delay.as_millis() as u64, problem = %f, "joining failed");
+                            crate::metrics::global().join_failed();
                             report_now(&status, &mut last_problem, f.to_string());
                             retry_at = Some(Instant::now() + delay);
                         }

@@ -3,16 +3,20 @@
 //! The library holds everything; `main.rs` only dispatches. Pure planning lives in plain
 //! functions over plain data; kernel and process effects are small adapters.
 
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod egress;
+pub mod health;
 pub mod join;
 pub mod localapi;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 mod patch_cli;
 pub mod run;
 pub mod secret;
+pub mod serve;
 pub mod status;
 pub mod supervisor;
 pub mod talos;

@@ -1,7 +1,6 @@
 //! `tsbridge run`: the daemon.
 
 use std::process::ExitCode;
-
 use std::sync::Arc;
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -9,8 +8,11 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::config::{self, Config};
+use crate::health::Health;
 use crate::join;
 use crate::logging;
+use crate::metrics;
+use crate::serve;
 use crate::status::TailscaleStatus;
 use crate::supervisor::{self, Reaper};
 
@@ -30,12 +32,78 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let obs = Obs::new(&loaded);
     rt.block_on(async move {
         match loaded.config {
-            Ok(cfg) => daemon(cfg).await,
-            Err(errors) => degraded(errors).await,
+            Ok(cfg) => daemon(cfg, obs).await,
+            Err(errors) => degraded(errors, obs).await,
         }
     })
+}
+
+/// Health state and the listener settings, set up before the configuration is known to
+/// be valid so a degraded tsbridge serves `/readyz` too.
+struct Obs {
+    health: Arc<Health>,
+    listener: Option<serve::Settings>,
+}
+
+impl Obs {
+    fn new(loaded: &config::Loaded) -> Obs {
+        let health = Arc::new(Health::new());
+        let m = metrics::global();
+        match &loaded.config {
+            Ok(cfg) => {
+                m.set_config(0, loaded.warnings.len());
+                // Without SNAT tsbridge makes no promise about the pod path.
+                health.set_pod_path_required(cfg.snat);
+            }
+            Err(e) => {
+                m.set_config(e.0.len(), loaded.warnings.len());
+                health.set_config_problems(e.0.iter().map(ToString::to_string).collect());
+            }
+        }
+        Obs {
+            health,
+            listener: serve::Settings::from_switches(
+                loaded.listen,
+                loaded.enable_health_check,
+                loaded.enable_metrics,
+            ),
+        }
+    }
+
+    async fn serve(
+        &self,
+        status: watch::Receiver<TailscaleStatus>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let shared = Arc::new(serve::Shared {
+            metrics: metrics::global(),
+            health: Arc::clone(&self.health),
+            status,
+            endpoints: self.listener.map_or(
+                serve::Endpoints {
+                    health: false,
+                    metrics: false,
+                },
+                |s| s.endpoints,
+            ),
+        });
+        serve::spawn(self.listener, shared).await
+    }
+
+    /// Spawns `fut` as a loop that `/healthz` watches.
+    fn spawn_loop<F>(&self, name: &'static str, fut: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let alive = self.health.register_loop(name);
+        tokio::spawn(async move {
+            let _alive = alive;
+            fut.await
+        })
+    }
 }
 
 /// Waits for SIGTERM or SIGINT. As PID 1 in its container, tsbridge gets no default
@@ -51,7 +119,7 @@ async fn shutdown_signal() -> std::io::Result<&'static str> {
 
 /// An invalid configuration: report every problem once, then wait. Exiting would make
 /// Talos restart the service every 5 s forever, repeating the same errors.
-async fn degraded(errors: config::ConfigErrors) -> ExitCode {
+async fn degraded(errors: config::ConfigErrors, obs: Obs) -> ExitCode {
     for p in &errors.0 {
         error!(var = %p.var, value = p.value.as_deref().unwrap_or(""), problem = %p.message, "invalid configuration");
     }
@@ -59,10 +127,12 @@ async fn degraded(errors: config::ConfigErrors) -> ExitCode {
         problems = errors.0.len(),
         "tsbridge is degraded: fix the ExtensionServiceConfig (name: tailscale) and apply it; the service restarts with the new configuration"
     );
+    let (_status_tx, status_rx) = watch::channel(TailscaleStatus::default());
+    let _http = obs.serve(status_rx).await;
     wait_for_shutdown().await
 }
 
-async fn daemon(cfg: Config) -> ExitCode {
+async fn daemon(cfg: Config, obs: Obs) -> ExitCode {
     info!(
         state_dir = %cfg.state_dir.display(),
         socket = %cfg.socket.display(),
@@ -100,21 +170,34 @@ async fn daemon(cfg: Config) -> ExitCode {
     let status_tx = Arc::new(status_tx);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let supervisor = tokio::spawn(supervisor::supervise_tailscaled(
-        cfg.clone(),
-        reaper.clone(),
-        status_tx.clone(),
-        shutdown_rx.clone(),
-    ));
-    let joiner = tokio::spawn(join::run(
-        cfg.clone(),
-        reaper.clone(),
-        status_tx.clone(),
-        shutdown_rx.clone(),
-    ));
+    let _http = obs.serve(status_rx.clone()).await;
+
+    let supervisor = obs.spawn_loop(
+        "supervisor",
+        supervisor::supervise_tailscaled(
+            cfg.clone(),
+            reaper.clone(),
+            status_tx.clone(),
+            shutdown_rx.clone(),
+        ),
+    );
+    let joiner = obs.spawn_loop(
+        "join",
+        join::run(
+            cfg.clone(),
+            reaper.clone(),
+            status_tx.clone(),
+            shutdown_rx.clone(),
+        ),
+    );
     // Further tasks take `status_rx.clone()` and `shutdown_rx.clone()` here.
     let egress_stop = tokio_util::sync::CancellationToken::new();
     let egress = crate::egress::start(&cfg, status_rx.clone(), egress_stop.clone());
+    obs.health.register_task("egress", egress.0.abort_handle());
+    let _egress_health = tokio::spawn(crate::health::follow_egress(
+        Arc::clone(&obs.health),
+        egress.1.clone(),
+    ));
     drop(status_rx);
 
     let sig = tokio::select! {

@@ -46,7 +46,7 @@ impl Drop for Secret {
     }
 }
 
-const KEY_PREFIX: &str = "tskey-";
+pub const KEY_PREFIX: &str = "tskey-";
 /// headscale's pre-auth keys (`hskey-auth-...`) are secrets of the same kind.
 const KEY_PREFIXES: [&str; 2] = [KEY_PREFIX, "hskey-"];
 pub const REDACTED_KEY: &str = "tskey-[redacted]";

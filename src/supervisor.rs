@@ -352,9 +352,16 @@ pub async fn supervise_tailscaled(
                     s.problem = None;
                 });
                 info!(pid = child.pid, binary = %cfg.tailscaled.display(), "tailscaled started");
+                crate::metrics::global().tailscaled_started();
                 tokio::select! {
                     exit = &mut child.exit => {
                         let ran = started.elapsed();
+                        if let Ok(e) = &exit {
+                            crate::metrics::global().tailscaled_exited(match *e {
+                                Exit::Code(c) => crate::metrics::ChildExit::Code(c),
+                                Exit::Signal(s) => crate::metrics::ChildExit::Signal(s),
+                            });
+                        }
                         let why = match exit {
                             Ok(e) => e.to_string(),
                             Err(_) => "exit status lost".to_owned(),

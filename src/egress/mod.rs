@@ -123,6 +123,7 @@ impl Egress {
                     Ok(ev) => {
                         if ev == events::Event::Overrun {
                             warn!("netlink notifications overran; full resync");
+                            crate::metrics::global().netlink_resynced();
                         }
                         deadline.get_or_insert_with(|| Instant::now() + DEBOUNCE);
                     }
@@ -168,7 +169,10 @@ impl Egress {
 
     /// One reconcile pass plus verdicts; false when it must be retried.
     fn pass(&self, k: &mut dyn Kernel, generation: u64) -> bool {
+        let began = std::time::Instant::now();
         let res = reconcile::reconcile(k, &self.desired);
+        let metrics = crate::metrics::global();
+        metrics.reconciled(res.is_ok(), began.elapsed());
         let identity = guard::identity(k, &self.cfg);
         let pod_path = guard::pod_path(k, &self.cfg);
         let ok = res.is_ok();
@@ -182,6 +186,10 @@ impl Egress {
                     nft_ops = ch.nft.len(),
                     "egress state reconciled"
                 );
+                // The first pass installs; later changes repair drift.
+                if prev.in_sync || prev.repairs > 0 {
+                    count_repairs(metrics, ch);
+                }
                 h.repairs += 1;
             }
             Ok(_) => debug!("egress state in sync"),
@@ -265,6 +273,22 @@ pub fn start(
 pub async fn stopped(started: (tokio::task::JoinHandle<()>, watch::Receiver<EgressHealth>)) {
     if let Err(e) = started.0.await {
         error!(error = %e, "egress reconciler task failed");
+    }
+}
+
+/// Counts a repair pass's changes per object kind for `/metrics`.
+fn count_repairs(m: &crate::metrics::Metrics, ch: &plan::Changes) {
+    use crate::metrics::ObjectKind;
+    m.drift_repaired(ObjectKind::Rule, ch.add_rules.len() as u64);
+    for op in &ch.nft {
+        let kind = match op {
+            plan::NftOp::AddTable => ObjectKind::NftTable,
+            plan::NftOp::AddChain { .. } => ObjectKind::NftChain,
+            plan::NftOp::AddRule { .. } => ObjectKind::NftRule,
+            // Removing a stray or duplicate is part of the repair it comes with.
+            plan::NftOp::DelTable | plan::NftOp::DelRule { .. } => continue,
+        };
+        m.drift_repaired(kind, 1);
     }
 }
 
