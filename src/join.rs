@@ -7,7 +7,6 @@
 
 use std::future::Future;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::pin::Pin;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -192,7 +191,7 @@ pub fn classify_up_failure(stderr: &str) -> UpFailure {
 }
 
 /// A pipe whose read end holds `key` (the write end is closed). The read end is
-/// close-on-exec; [`run_up`] clears that flag only in the `tailscale` child.
+/// close-on-exec; [`run_up`] clears that flag just for the `tailscale` spawn.
 fn key_pipe(key: &Secret) -> std::io::Result<OwnedFd> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let mut bytes = key.expose().as_bytes();
@@ -222,14 +221,17 @@ pub async fn run_up(cfg: &Config, reaper: &Reaper, key: Option<Secret>) -> Resul
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(fd) = fd {
-        // SAFETY: fcntl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+        // Inheritable for this one spawn only. Without a pre_exec closure std spawns with
+        // posix_spawn, so there is no fork-to-exec window in which /proc/<child>/environ
+        // shows tsbridge's own environment (TS_AUTHKEY) under the child's pid (the key
+        // leak test caught such a window). The runtime is current-thread: no other child
+        // is spawned before the read end is closed right after this spawn.
+        // SAFETY: plain fcntl on an fd this function owns.
+        if unsafe { nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) } == -1 {
+            return Err(UpFailure::Other(format!(
+                "key pipe: {}",
+                std::io::Error::last_os_error()
+            )));
         }
     }
     let mut child = reaper
