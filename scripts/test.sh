@@ -7,13 +7,25 @@ stage() { log "stage: $*"; }
 
 stage "format and lint"
 cargo fmt --all -- --check
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 
 stage "static release build"
 make --no-print-directory build
 
-stage "unit and integration tests"
-cargo test --locked
+stage "unit and integration tests (the lab tests need root, network namespaces and the tools from scripts/setup.sh)"
+[ "$(id -u)" = 0 ] || die "the integration tests build network namespaces: run as root"
+cargo test --locked --workspace
+
+stage "Talos extension image (reproducible OCI archive, read by skopeo)"
+scripts/tools.sh tailscale
+scripts/extension.sh
+scripts/test-extension.sh
+
+stage "extension and tsbridge patch checked by Talos's own Go code"
+scripts/test-talos.sh
+
+stage "QEMU: a real kernel boots and runs dist/extension/ as Talos would"
+tests/qemu/run.sh
 
 # Long mode (`make test-long`, TSBRIDGE_LONG=1): slow suites that CI's default run skips.
 if [ "${TSBRIDGE_LONG:-0}" = 1 ]; then

@@ -21,6 +21,11 @@ install_tool() {
 
 install_tool tailscale tailscale.com/cmd/tailscale "$TAILSCALE_VERSION"
 install_tool tailscaled tailscale.com/cmd/tailscaled "$TAILSCALE_VERSION"
+# `scripts/tools.sh tailscale` stops here (the extension needs only these two).
+if [ "${1:-}" = tailscale ]; then
+  log "tools ready in $TOOLS_BIN: tailscale tailscaled"
+  exit 0
+fi
 
 # headscale: built from scripts/tools/headscale/go.mod (see the comment there for why not
 # `go install`); the version there must match versions.env.

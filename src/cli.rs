@@ -62,20 +62,23 @@ Prints the version, the git commit it was built from and the target triple.
 ";
 
 #[derive(Debug, thiserror::Error)]
-enum CliError {
+pub(crate) enum CliError {
     #[error("{0}")]
     Args(#[from] lexopt::Error),
     #[error("unknown command {0:?}; run `tsbridge --help`")]
     UnknownCommand(String),
-    #[error("`tsbridge {0}` is not implemented yet in this build")]
-    NotImplemented(&'static str),
+    #[error("{0}")]
+    Patch(#[from] crate::talos::PatchError),
+    #[error("{0}")]
+    Usage(String),
 }
 
 pub fn main() -> ExitCode {
     match dispatch() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("tsbridge: {e}");
+            // A key pasted as a stray argument must not be echoed back.
+            eprintln!("tsbridge: {}", crate::secret::redact(&e.to_string()));
             ExitCode::from(2)
         }
     }
@@ -119,7 +122,7 @@ fn dispatch() -> Result<ExitCode, CliError> {
             print_version();
             Ok(ExitCode::SUCCESS)
         }
-        "patch" => Err(CliError::NotImplemented("patch")),
+        "patch" => crate::patch_cli::main(&mut parser),
         "check" => {
             let mut json = false;
             while let Some(arg) = parser.next()? {

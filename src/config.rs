@@ -664,7 +664,8 @@ impl Reader<'_> {
     /// `covered`: indices already reported.
     fn refuse_key_shaped(&mut self, var: &str, args: &[String], covered: &[usize]) {
         for (i, arg) in args.iter().enumerate() {
-            if !covered.contains(&i) && arg.contains(crate::secret::KEY_PREFIX) {
+            if !covered.contains(&i) && crate::secret::KEY_PREFIXES.iter().any(|p| arg.contains(p))
+            {
                 self.push(
                     var,
                     Some(arg),
@@ -768,6 +769,18 @@ fn valid_hostname(h: &str) -> bool {
         && !h.starts_with('-')
         && !h.ends_with('-')
         && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// A valid configuration from `KEY=value` pairs, for other modules' unit tests.
+#[cfg(test)]
+pub(crate) fn test_config(env: &[(&str, &str)]) -> Config {
+    let vars = env
+        .iter()
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+    match load(vars, Path::new("/usr/local/bin")).config {
+        Ok(c) => c,
+        Err(e) => panic!("test configuration is invalid: {e}"),
+    }
 }
 
 #[cfg(test)]

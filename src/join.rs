@@ -75,12 +75,18 @@ impl Problem {
 
 /// The join decision.
 pub fn decide(i: Inputs) -> Action {
-    if i.in_flight || i.backing_off {
+    if i.in_flight {
         return Action::Wait;
     }
     match i.state {
         // Not known yet, or logged in and connecting: wait for a settled state.
         BackendState::Down | BackendState::NoState | BackendState::Starting => Action::Wait,
+        // A failed attempt waits out its backoff; problems are reported right away.
+        BackendState::NeedsLogin | BackendState::Running | BackendState::Stopped
+            if i.backing_off && (i.has_key || i.state != BackendState::NeedsLogin) =>
+        {
+            Action::Wait
+        }
         BackendState::NeedsLogin if i.has_key => Action::Up { with_key: true },
         BackendState::NeedsLogin => Action::Report(Problem::NoKey),
         BackendState::NeedsMachineAuth => Action::Report(Problem::NeedsMachineAuth),
@@ -230,6 +236,8 @@ pub async fn run_up(cfg: &Config, reaper: &Reaper, key: Option<Secret>) -> Resul
         .spawn(&mut cmd)
         .map_err(|e| UpFailure::Other(format!("cannot start {}: {e}", cfg.tailscale.display())))?;
     drop(pipe);
+    // Dropped on shutdown while `up` still runs: do not leave it behind.
+    let mut guard = KillOnDrop(Some(child.pid));
     let out = read_all(child.stdout.take());
     let err = read_all(child.stderr.take());
     let exit = tokio::select! {
@@ -238,6 +246,9 @@ pub async fn run_up(cfg: &Config, reaper: &Reaper, key: Option<Secret>) -> Resul
             terminate(child.pid, &mut child.exit, Duration::from_secs(2)).await
         }
     };
+    if exit.is_some() {
+        guard.0 = None;
+    }
     let (out, err) = tokio::join!(out, err);
     for line in out
         .lines()
@@ -258,6 +269,20 @@ pub async fn run_up(cfg: &Config, reaper: &Reaper, key: Option<Secret>) -> Resul
             Err(classify_up_failure(&text))
         }
         None => Err(UpFailure::Timeout("tailscale up did not exit".into())),
+    }
+}
+
+/// SIGKILLs a child that is still running when this is dropped.
+struct KillOnDrop(Option<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 
@@ -555,6 +580,18 @@ mod tests {
             ..inputs(NeedsLogin)
         };
         assert_eq!(decide(backing_off), Action::Wait);
+        let backing_off_running = Inputs {
+            backing_off: true,
+            ..inputs(Running)
+        };
+        assert_eq!(decide(backing_off_running), Action::Wait);
+        // Machine approval pending after a timed-out `up`: said at once, not after the
+        // backoff.
+        let awaiting = Inputs {
+            backing_off: true,
+            ..inputs(NeedsMachineAuth)
+        };
+        assert_eq!(decide(awaiting), Action::Report(Problem::NeedsMachineAuth));
     }
 
     #[test]
@@ -570,14 +607,7 @@ mod tests {
         assert!(Problem::NeedsMachineAuth.message().contains("approve"));
     }
 
-    fn cfg(env: &[(&str, &str)]) -> Config {
-        let vars = env
-            .iter()
-            .map(|(k, v)| (std::ffi::OsString::from(k), std::ffi::OsString::from(v)));
-        crate::config::load(vars, std::path::Path::new("/usr/local/bin"))
-            .config
-            .unwrap()
-    }
+    use crate::config::test_config as cfg;
 
     #[test]
     fn up_args_carry_the_configuration_and_never_the_key() {
@@ -640,6 +670,89 @@ mod tests {
                 .to_string()
                 .contains("TS_AUTHKEY")
         );
+    }
+
+    /// The whole join side against a fake tailscaled that replays the recorded
+    /// watch-ipn-bus stream (tests/fixtures/): the status channel ends up Running with
+    /// the recorded addresses, the missing key is reported while NeedsLogin, and the
+    /// configuration is applied once Running.
+    #[tokio::test]
+    async fn run_feeds_the_status_channel_from_the_recorded_stream() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = std::env::temp_dir().join(format!("tsbridge-join-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("tailscaled.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut req = vec![0u8; 2048];
+                    let n = s.read(&mut req).await.unwrap();
+                    let req = String::from_utf8_lossy(&req[..n]).into_owned();
+                    if req.starts_with("GET /localapi/v0/watch-ipn-bus") {
+                        s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                            .await
+                            .unwrap();
+                        let stream = include_str!("../tests/fixtures/watch-ipn-bus-join.ndjson");
+                        for line in stream.lines() {
+                            let chunk = format!("{line}\n");
+                            let framed = format!("{:x}\r\n{chunk}\r\n", chunk.len());
+                            s.write_all(framed.as_bytes()).await.unwrap();
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        // Keep the stream open, as tailscaled does.
+                        std::future::pending::<()>().await;
+                    } else {
+                        let body = include_str!("../tests/fixtures/status-running.json");
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        s.write_all(resp.as_bytes()).await.unwrap();
+                    }
+                });
+            }
+        });
+        let c = cfg(&[
+            ("TS_SOCKET", sock.to_str().unwrap()),
+            ("TSBRIDGE_TAILSCALE", "/bin/true"),
+        ]);
+        let (tx, mut rx) = watch::channel(TailscaleStatus::default());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let reaper = Reaper::start().unwrap();
+        let task = tokio::spawn(run(Arc::new(c), reaper, Arc::new(tx), stop_rx));
+        let mut saw_no_key = false;
+        let st = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                rx.changed().await.unwrap();
+                let st = rx.borrow_and_update().clone();
+                saw_no_key |= st
+                    .problem
+                    .as_deref()
+                    .is_some_and(|p| p.contains("no auth key"));
+                if st.backend == BackendState::Running && st.problem.is_none() && saw_no_key {
+                    return st;
+                }
+            }
+        })
+        .await
+        .expect("the status channel reaches Running");
+        assert_eq!(
+            st.addrs,
+            [
+                "100.64.0.1".parse::<std::net::IpAddr>().unwrap(),
+                "fd7a:115c:a1e0::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(st.magic_dns_suffix.as_deref(), Some("tailnet.lab"));
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("run stops on shutdown")
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -47,9 +47,12 @@ impl Drop for Secret {
 }
 
 pub const KEY_PREFIX: &str = "tskey-";
+/// headscale's pre-auth keys (`hskey-auth-...`) are secrets of the same kind.
+pub const KEY_PREFIXES: [&str; 2] = [KEY_PREFIX, "hskey-"];
 pub const REDACTED_KEY: &str = "tskey-[redacted]";
 
-/// Replaces every `tskey-...` token in `text` with `tskey-[redacted]`.
+/// Replaces every `tskey-...` (and headscale `hskey-...`) token in `text` with
+/// `tskey-[redacted]` (`hskey-[redacted]`).
 ///
 /// A token runs until whitespace, a quote, or a separator that cannot be part of a key
 /// (keys are `tskey-<kind>-<id>-<secret>` with ASCII letters, digits, `-` and `_`).
@@ -59,10 +62,11 @@ pub fn redact(text: &str) -> Cow<'_, str> {
     }
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(pos) = find_key_prefix(rest) {
+    while let Some((pos, prefix)) = find_key_prefix(rest) {
         out.push_str(&rest[..pos]);
-        out.push_str(REDACTED_KEY);
-        let after = &rest[pos + KEY_PREFIX.len()..];
+        out.push_str(prefix);
+        out.push_str("[redacted]");
+        let after = &rest[pos + prefix.len()..];
         let end = after
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
             .unwrap_or(after.len());
@@ -76,15 +80,22 @@ fn contains_key_prefix(text: &str) -> bool {
     find_key_prefix(text).is_some()
 }
 
-fn find_key_prefix(text: &str) -> Option<usize> {
+/// The first key prefix in `text`: its position and canonical (lower-case) spelling.
+fn find_key_prefix(text: &str) -> Option<(usize, &'static str)> {
     // Case-insensitive: a key pasted as `TSKEY-...` is still a key.
     let bytes = text.as_bytes();
-    let prefix = KEY_PREFIX.as_bytes();
-    if bytes.len() < prefix.len() {
-        return None;
-    }
-    (0..=bytes.len() - prefix.len())
-        .find(|&i| bytes[i..i + prefix.len()].eq_ignore_ascii_case(prefix))
+    KEY_PREFIXES
+        .iter()
+        .filter_map(|prefix| {
+            let p = prefix.as_bytes();
+            if bytes.len() < p.len() {
+                return None;
+            }
+            (0..=bytes.len() - p.len())
+                .find(|&i| bytes[i..i + p.len()].eq_ignore_ascii_case(p))
+                .map(|i| (i, *prefix))
+        })
+        .min_by_key(|(i, _)| *i)
 }
 
 #[cfg(test)]
@@ -107,6 +118,12 @@ mod tests {
         assert_eq!(r, "--authkey=tskey-[redacted] and 'tskey-[redacted]' end");
         assert!(!r.contains("abc_DEF"));
         assert!(!r.contains("zz9"));
+    }
+
+    #[test]
+    fn redact_covers_headscale_keys() {
+        let r = redact("key hskey-auth-AbC_12-secretpart and tskey-auth-k1-x");
+        assert_eq!(r, "key hskey-[redacted] and tskey-[redacted]");
     }
 
     #[test]

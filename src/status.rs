@@ -25,7 +25,8 @@ pub enum BackendState {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TailscaleStatus {
     pub backend: BackendState,
-    /// The node's tailnet addresses (100.x and fd7a:115c:a1e0::), empty until known.
+    /// The node's tailnet addresses (100.x and fd7a:115c:a1e0::), empty until known; the
+    /// last known ones while tailscaled restarts (`backend` says whether they are live).
     pub addrs: Vec<IpAddr>,
     /// MagicDNS suffix, like `tail1234.ts.net` (no leading or trailing dot).
     pub magic_dns_suffix: Option<String>,

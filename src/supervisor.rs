@@ -52,10 +52,14 @@ impl fmt::Display for Exit {
     }
 }
 
-/// The global reaper. Cheap to clone.
+/// Who waits for which pid. Process-wide: whichever reaper task takes a status hands it
+/// to the right waiter (several runtimes, as in tests, never lose one).
+static WAITING: Mutex<Option<HashMap<i32, oneshot::Sender<Exit>>>> = Mutex::new(None);
+
+/// The global reaper: a handle to spawn children and get their exit. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Reaper {
-    waiting: Arc<Mutex<HashMap<i32, oneshot::Sender<Exit>>>>,
+    _private: (),
 }
 
 /// A spawned child: its pid, its exit, and its output pipes when piped.
@@ -84,8 +88,8 @@ impl Reaper {
         Ok(reaper)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, oneshot::Sender<Exit>>> {
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'static, Option<HashMap<i32, oneshot::Sender<Exit>>>> {
+        WAITING.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Reaps every exited child and dispatches statuses by pid.
@@ -104,7 +108,7 @@ impl Reaper {
                     return;
                 }
             };
-            match waiting.remove(&pid.as_raw()) {
+            match waiting.get_or_insert_default().remove(&pid.as_raw()) {
                 Some(tx) => {
                     let _ = tx.send(exit);
                 }
@@ -119,7 +123,7 @@ impl Reaper {
         let mut child = cmd.spawn()?;
         let (tx, rx) = oneshot::channel();
         let pid = child.id();
-        waiting.insert(pid as i32, tx);
+        waiting.get_or_insert_default().insert(pid as i32, tx);
         let stdout = child.stdout.take().map(OwnedFd::from);
         let stderr = child.stderr.take().map(OwnedFd::from);
         // Dropping `child` neither waits nor kills: the reaper owns its status.
@@ -158,7 +162,8 @@ pub async fn terminate(
 }
 
 /// Forwards a child's output, line by line, as log events tagged with the source,
-/// redacted. Returns when the pipe closes.
+/// redacted. Reads until the pipe closes: stopping early would make the child's next
+/// write fail (a Go program dies of SIGPIPE writing to a closed stderr).
 pub async fn forward_output(source: &'static str, stream: &'static str, fd: OwnedFd) {
     let rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
         Ok(rx) => rx,
@@ -167,19 +172,21 @@ pub async fn forward_output(source: &'static str, stream: &'static str, fd: Owne
             return;
         }
     };
-    let mut lines = BufReader::new(rx).lines();
+    let mut reader = BufReader::new(rx);
+    let mut buf = Vec::new();
     loop {
-        match lines.next_line().await {
-            Ok(Some(line)) => {
-                let line = strip_go_timestamp(&line);
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&buf);
+                let line = strip_go_timestamp(text.trim_end());
                 if !line.trim().is_empty() {
                     info!(source, stream, line = %redact(line));
                 }
             }
-            Ok(None) => return,
             Err(e) => {
-                // Non-UTF-8 output ends up here; keep reading would need raw lines.
-                debug!(source, error = %e, "output stream ended");
+                debug!(source, error = %e, "output stream failed");
                 return;
             }
         }
@@ -476,14 +483,7 @@ mod tests {
         );
     }
 
-    fn cfg(env: &[(&str, &str)]) -> Config {
-        let vars = env
-            .iter()
-            .map(|(k, v)| (std::ffi::OsString::from(k), std::ffi::OsString::from(v)));
-        crate::config::load(vars, std::path::Path::new("/usr/local/bin"))
-            .config
-            .unwrap()
-    }
+    use crate::config::test_config as cfg;
 
     #[test]
     fn child_environment_is_built_not_inherited() {

@@ -257,6 +257,10 @@ fn killed_tailscaled_is_restarted_and_reaped() {
         log.contains("tailscaled exited") && log.contains("killed by SIGKILL"),
         "the log says why"
     );
+    assert!(
+        log.matches("following tailscaled's LocalAPI").count() >= 2,
+        "the LocalAPI watch reconnected to the new tailscaled"
+    );
 }
 
 /// Test 5: SIGTERM to tsbridge: tailscaled gone, exit 0 within 10 s.
@@ -497,4 +501,88 @@ fn node_prefs(w: &World, host: &Host) -> serde_json::Value {
         .expect("tailscale debug prefs");
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("prefs: {e}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+fn ppid_and_state(pid: u32) -> Option<(u32, char)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    Some((f.next()?.parse().ok()?, state))
+}
+
+/// As PID 1 (its own PID namespace, as in the Talos container) tsbridge reaps orphans
+/// re-parented to it, not only its own children.
+#[test]
+fn as_pid_one_orphans_are_reaped() {
+    let w = world();
+    let node = w.lab.host("node9").unwrap();
+    // A "tailscaled" that leaves an orphan behind and exits (so it is restarted, leaving
+    // more orphans).
+    let fake = node.dir.join("orphaning-tailscaled");
+    std::fs::write(&fake, "#!/bin/sh\nsleep 0.6 &\nsleep 0.2\nexit 1\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let env = w.env(
+        &node,
+        None,
+        &[("TSBRIDGE_TAILSCALED", fake.to_str().unwrap())],
+    );
+    let unshare = w.lab.start_tsbridge_as_pid1(&node, &env).expect("start");
+    let tsbridge = wait_until(Duration::from_secs(5), "tsbridge as PID 1", || {
+        Ok(w.lab.ns_pids(&node.ns).into_iter().find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "tsbridge")
+                && ppid_and_state(*p).is_some_and(|(pp, _)| pp == unshare.pid)
+        }))
+    })
+    .expect("tsbridge runs under unshare");
+    // An orphaned `sleep` gets tsbridge as its parent.
+    wait_until(
+        Duration::from_secs(10),
+        "an orphan re-parented to tsbridge",
+        || {
+            Ok(w.lab.ns_pids(&node.ns).into_iter().find(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "sleep")
+                    && ppid_and_state(*p).is_some_and(|(pp, _)| pp == tsbridge)
+            }))
+        },
+    )
+    .expect("the orphan's parent is tsbridge (PID 1)");
+    // Several restart cycles later, no zombie lingers (a zombie may exist for an instant
+    // between exit and SIGCHLD handling: a lingering one is one seen twice).
+    std::thread::sleep(Duration::from_secs(3));
+    let first: Vec<u32> = zombies_in(&w.lab, &node);
+    std::thread::sleep(Duration::from_millis(500));
+    let lingering: Vec<u32> = zombies_in(&w.lab, &node)
+        .into_iter()
+        .filter(|p| first.contains(p))
+        .collect();
+    assert!(
+        lingering.is_empty(),
+        "zombies: {lingering:?}\n{}",
+        w.lab.log(&unshare)
+    );
+    let log = w.lab.log(&unshare);
+    assert!(log.matches("tailscaled exited").count() >= 2, "{log}");
+}
+
+/// `TS_AUTHKEY=file:/path`: the key is read from the file on every attempt, so a key
+/// replaced in the file is used on the next retry, without a restart.
+#[test]
+fn a_key_file_replaced_while_retrying_is_used_without_a_restart() {
+    let w = world();
+    let node = w.lab.host("node8").unwrap();
+    let key_file = node.dir.join("authkey");
+    std::fs::write(&key_file, format!("{}\n", w.expired_key().key)).unwrap();
+    let file_ref = format!("file:{}", key_file.display());
+    let ts = w.start(&node, &w.env(&node, None, &[("TS_AUTHKEY", &file_ref)]));
+    w.wait_log(&ts, "rejected the auth key", Duration::from_secs(30));
+    std::fs::write(&key_file, format!("{}\n", w.key("10m").key)).unwrap();
+    let addr = w.running(&node, &ts);
+    assert_eq!(addr.octets()[0], 100);
+    assert_eq!(
+        w.current_log(&ts).matches("tsbridge starting").count(),
+        1,
+        "no restart"
+    );
 }

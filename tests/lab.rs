@@ -30,6 +30,38 @@ fn peers_join_headscale_and_ping_each_other() {
     // Both nodes are known to headscale under the lab user.
     let nodes = lab.nodes(&control).expect("nodes");
     assert_eq!(nodes.len(), 2, "{nodes:?}");
+    let ida = lab.node_id(&control, "peera").expect("node id");
+    assert_ne!(ida, lab.node_id(&control, "peerb").unwrap());
+    // Route approval works (the egress tests advertise pod subnets).
+    let adv = lab
+        .tailscale(&a.host, &["set", "--advertise-routes=10.99.0.0/24"])
+        .unwrap();
+    assert!(
+        adv.status.success(),
+        "{}",
+        String::from_utf8_lossy(&adv.stderr)
+    );
+    tsbridge_lab::wait_until(
+        Duration::from_secs(10),
+        "the advertised route in headscale",
+        || {
+            Ok(lab
+                .approve_routes(&control, "peera", &["10.99.0.0/24"])
+                .is_ok()
+                .then_some(()))
+        },
+    )
+    .expect("approve routes");
+    let approved = lab.nodes(&control).unwrap();
+    let a_node = approved
+        .iter()
+        .find(|n| n["given_name"] == "peera")
+        .unwrap();
+    assert_eq!(
+        a_node["approved_routes"],
+        serde_json::json!(["10.99.0.0/24"]),
+        "{a_node}"
+    );
     // The lab network has no route out: the real network is unreachable from a host.
     let out = lab
         .exec(&a.host.ns, &["ip", "route", "get", "1.1.1.1"])
@@ -48,6 +80,28 @@ fn teardown_removes_namespaces_and_sweeper_spares_live_runs() {
     let pod = lab.pod(&host).expect("pod");
     lab.ping(&pod.ns, IpAddr::V4(pod.gateway_v4), 1)
         .expect("pod reaches its node");
+    lab.ping(&pod.ns, IpAddr::V6(pod.gateway_v6), 1)
+        .expect("pod reaches its node over IPv6");
+    let routes = lab
+        .exec_ok(&pod.ns, &["ip", "-6", "route", "show", "default"])
+        .unwrap();
+    assert!(routes.contains(&pod.gateway_v6.to_string()), "{routes}");
+    let fwd = lab
+        .exec_ok(
+            &host.ns,
+            &[
+                "sysctl",
+                "-n",
+                "net.ipv4.ip_forward",
+                "net.ipv6.conf.all.forwarding",
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        fwd.split_whitespace().collect::<Vec<_>>(),
+        ["1", "1"],
+        "the node forwards"
+    );
     let names = [host.ns.0.clone(), pod.ns.0.clone()];
     // Our own namespaces belong to a live process: the sweeper leaves them alone.
     let removed = tsbridge_lab::sweep().expect("sweep");

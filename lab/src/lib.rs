@@ -19,6 +19,29 @@
 //! concurrent runs). Labs can run concurrently: each has its own switch namespace, so
 //! they can all use the same addresses.
 //!
+//! A typical test:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tsbridge_lab::{Lab, Tools};
+//!
+//! let lab = Lab::new(Tools::find("target/debug/tsbridge")?)?;
+//! let control = lab.control()?;                    // headscale on 192.168.77.1
+//! let peer = lab.peer(&control, "peer")?;           // plain tailscaled, Running
+//! let node = lab.host("node1")?;                    // a node namespace
+//! let pod = lab.pod(&node)?;                        // 10.244.1.2 behind the node
+//! let key = lab.preauth_key(&control, control.user_id, "10m", false, &[])?;
+//! let mut env = lab.node_env(&control, &node);      // TS_STATE_DIR, TS_SOCKET, ...
+//! env.push(("TS_AUTHKEY".into(), key.key.clone()));
+//! let ts = lab.start_tsbridge(&node, &env)?;        // `tsbridge run` in the node
+//! let (addr, _) = lab.wait_running(&node, Duration::from_secs(45))?;
+//! lab.ping_until(&peer.host.ns, addr.into(), Duration::from_secs(20))?;
+//! lab.exec_ok(&pod.ns, &["ip", "route"])?;          // anything inside a namespace
+//! println!("{}", lab.log(&ts));                     // tsbridge's log
+//! # Ok::<(), tsbridge_lab::Error>(())
+//! ```
+//! (everything is torn down when `lab` goes out of scope)
+//!
 //! Processes are started with an explicit, cleared environment through `ip netns exec`
 //! (which execs the program, so the pid is the program's), with stdout and stderr in a log
 //! file under the lab directory ([`Lab::log`]).
@@ -92,6 +115,7 @@ impl Tools {
         let bin = std::env::var_os("TSBRIDGE_TOOLS_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/bin"));
+        let bin = bin.canonicalize().unwrap_or(bin);
         let tool = |name: &str| -> Result<PathBuf> {
             let p = bin.join(name);
             if p.is_file() {
@@ -288,16 +312,8 @@ impl Lab {
             }),
         };
         lab.switch = lab.new_ns("sw")?;
-        ip(&[
-            "-n",
-            lab.switch.name(),
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-        ])?;
-        ip(&["-n", lab.switch.name(), "link", "set", "br0", "up"])?;
+        ipn(&lab.switch, "link add br0 type bridge")?;
+        ipn(&lab.switch, "link set br0 up")?;
         Ok(lab)
     }
 
@@ -321,7 +337,7 @@ impl Lab {
         fs::create_dir_all(&etc).map_err(|e| Error(format!("mkdir {}: {e}", etc.display())))?;
         fs::write(etc.join("resolv.conf"), "nameserver 127.0.0.1\n")
             .map_err(|e| Error(format!("write {}/resolv.conf: {e}", etc.display())))?;
-        ip(&["-n", ns.name(), "link", "set", "lo", "up"])?;
+        ipn(&ns, "link set lo up")?;
         Ok(ns)
     }
 
@@ -339,41 +355,17 @@ impl Lab {
         };
         let ns = self.new_ns(role)?;
         let sw_if = format!("h{n}");
-        ip(&[
-            "-n",
-            self.switch.name(),
-            "link",
-            "add",
-            &sw_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "lan0",
-            "netns",
-            ns.name(),
-        ])?;
-        ip(&[
-            "-n",
-            self.switch.name(),
-            "link",
-            "set",
-            &sw_if,
-            "master",
-            "br0",
-            "up",
-        ])?;
+        ipn(
+            &self.switch,
+            &format!(
+                "link add {sw_if} type veth peer name lan0 netns {}",
+                ns.name()
+            ),
+        )?;
+        ipn(&self.switch, &format!("link set {sw_if} master br0 up"))?;
         let addr = Ipv4Addr::new(LAN_PREFIX[0], LAN_PREFIX[1], LAN_PREFIX[2], n);
-        ip(&[
-            "-n",
-            ns.name(),
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "lan0",
-        ])?;
-        ip(&["-n", ns.name(), "link", "set", "lan0", "up"])?;
+        ipn(&ns, &format!("addr add {addr}/24 dev lan0"))?;
+        ipn(&ns, "link set lan0 up")?;
         let dir = self.dir.join(role);
         fs::create_dir_all(&dir).map_err(|e| Error(format!("mkdir {}: {e}", dir.display())))?;
         Ok(Host {
@@ -414,81 +406,26 @@ impl Lab {
         };
         let ns = self.new_ns(&format!("pod{k}"))?;
         let node_if = format!("pod{k}");
-        ip(&[
-            "-n",
-            node.ns.name(),
-            "link",
-            "add",
-            &node_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ])?;
+        ipn(
+            &node.ns,
+            &format!(
+                "link add {node_if} type veth peer name eth0 netns {}",
+                ns.name()
+            ),
+        )?;
         let gw4 = Ipv4Addr::new(10, 244, k, 1);
         let addr4 = Ipv4Addr::new(10, 244, k, 2);
-        let gw6: Ipv6Addr = format!("fd00:10:244:{k:x}::1")
-            .parse()
-            .map_err(|e| Error(format!("{e}")))?;
-        let addr6: Ipv6Addr = format!("fd00:10:244:{k:x}::2")
-            .parse()
-            .map_err(|e| Error(format!("{e}")))?;
-        let n = node.ns.name();
-        let p = ns.name();
-        ip(&[
-            "-n",
-            n,
-            "addr",
-            "add",
-            &format!("{gw4}/24"),
-            "dev",
-            &node_if,
-        ])?;
-        ip(&[
-            "-n",
-            n,
-            "addr",
-            "add",
-            &format!("{gw6}/64"),
-            "dev",
-            &node_if,
-            "nodad",
-        ])?;
-        ip(&["-n", n, "link", "set", &node_if, "up"])?;
-        ip(&[
-            "-n",
-            p,
-            "addr",
-            "add",
-            &format!("{addr4}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&[
-            "-n",
-            p,
-            "addr",
-            "add",
-            &format!("{addr6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ])?;
-        ip(&["-n", p, "link", "set", "eth0", "up"])?;
-        ip(&["-n", p, "route", "add", "default", "via", &gw4.to_string()])?;
-        ip(&[
-            "-n",
-            p,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            &gw6.to_string(),
-        ])?;
+        let gw6 = Ipv6Addr::new(0xfd00, 0x10, 0x244, k.into(), 0, 0, 0, 1);
+        let addr6 = Ipv6Addr::new(0xfd00, 0x10, 0x244, k.into(), 0, 0, 0, 2);
+        // nodad: the addresses are usable at once (no duplicate detection delay).
+        ipn(&node.ns, &format!("addr add {gw4}/24 dev {node_if}"))?;
+        ipn(&node.ns, &format!("addr add {gw6}/64 dev {node_if} nodad"))?;
+        ipn(&node.ns, &format!("link set {node_if} up"))?;
+        ipn(&ns, &format!("addr add {addr4}/24 dev eth0"))?;
+        ipn(&ns, &format!("addr add {addr6}/64 dev eth0 nodad"))?;
+        ipn(&ns, "link set eth0 up")?;
+        ipn(&ns, &format!("route add default via {gw4}"))?;
+        ipn(&ns, &format!("-6 route add default via {gw6}"))?;
         self.enable_forwarding(node)?;
         Ok(Pod {
             ns,
@@ -791,6 +728,34 @@ logtail:
         Ok(v.as_array().cloned().unwrap_or_default())
     }
 
+    /// headscale's id of the node with this hostname (`given_name` or `name`).
+    pub fn node_id(&self, control: &Control, hostname: &str) -> Result<u64> {
+        let nodes = self.nodes(control)?;
+        nodes
+            .iter()
+            .find(|n| n["given_name"] == hostname || n["name"] == hostname)
+            .and_then(json_id)
+            .ok_or_else(|| Error(format!("headscale knows no node {hostname:?}")))
+    }
+
+    /// Approves advertised subnet routes of a node (`headscale nodes approve-routes`).
+    pub fn approve_routes(&self, control: &Control, hostname: &str, routes: &[&str]) -> Result<()> {
+        let id = self.node_id(control, hostname)?.to_string();
+        let routes = routes.join(",");
+        self.headscale(
+            control,
+            &[
+                "nodes",
+                "approve-routes",
+                "--identifier",
+                &id,
+                "--routes",
+                &routes,
+            ],
+        )
+        .map(|_| ())
+    }
+
     // ---- tailscale ---------------------------------------------------------------------
 
     /// The environment every tailscaled in the lab gets: DERP over plain HTTP (the lab's
@@ -960,6 +925,10 @@ logtail:
                 self.tools.tailscale.display().to_string(),
             ),
             ("TSBRIDGE_LAB_SUBNETS".into(), LAN_CIDR.into()),
+            (
+                "TSBRIDGE_POD_CIDRS".into(),
+                format!("{POD_CIDR_V4},{POD_CIDR_V6}"),
+            ),
             ("TSBRIDGE_LISTEN".into(), "off".into()),
         ];
         for (k, v) in Self::tailscaled_env() {
@@ -977,6 +946,20 @@ logtail:
             &host.ns,
             &format!("{}-tsbridge", host.role),
             &[&bin, "run"],
+            &env,
+        )
+    }
+
+    /// Like [`Lab::start_tsbridge`], but tsbridge is PID 1 of a new PID namespace (as in
+    /// its Talos container): orphans are re-parented to it. The returned process is
+    /// `unshare`'s; tsbridge is its only child (`--kill-child` ends it with `unshare`).
+    pub fn start_tsbridge_as_pid1(&self, host: &Host, env: &[(String, String)]) -> Result<Proc> {
+        let bin = self.tools.tsbridge.to_string_lossy().into_owned();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.spawn(
+            &host.ns,
+            &format!("{}-tsbridge", host.role),
+            &["unshare", "--pid", "--fork", "--kill-child", &bin, "run"],
             &env,
         )
     }
@@ -1119,6 +1102,14 @@ fn netns_command(ns: &Ns, argv: &[&str], env: &[(&str, &str)]) -> Command {
         cmd.env(k, v);
     }
     cmd
+}
+
+/// Runs `ip -n NS WORDS...` (`words` split on whitespace; names and addresses never
+/// contain spaces).
+pub fn ipn(ns: &Ns, words: &str) -> Result<()> {
+    let mut args = vec!["-n", ns.name()];
+    args.extend(words.split_whitespace());
+    ip(&args)
 }
 
 /// Runs `ip ARGS` in the current namespace; an error carries ip's stderr.
