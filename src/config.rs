@@ -664,7 +664,8 @@ impl Reader<'_> {
     /// `covered`: indices already reported.
     fn refuse_key_shaped(&mut self, var: &str, args: &[String], covered: &[usize]) {
         for (i, arg) in args.iter().enumerate() {
-            if !covered.contains(&i) && arg.contains(crate::secret::KEY_PREFIX) {
+            if !covered.contains(&i) && crate::secret::KEY_PREFIXES.iter().any(|p| arg.contains(p))
+            {
                 self.push(
                     var,
                     Some(arg),

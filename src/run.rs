@@ -17,6 +17,7 @@ use crate::status::TailscaleStatus;
 use crate::supervisor::{self, Reaper};
 
 pub fn main() -> ExitCode {
+    hold_stop_signals();
     let loaded = config::from_process_env();
     logging::init(loaded.log_format, loaded.log_level);
     for w in &loaded.warnings {
@@ -106,11 +107,31 @@ impl Obs {
     }
 }
 
+/// Blocks SIGTERM and SIGINT from the first instruction until the handlers exist
+/// ([`release_stop_signals`]): a stop requested during start-up then stays pending and is
+/// handled, instead of killing tsbridge half-started (or, as PID 1, being ignored until
+/// Talos's SIGKILL 10 s later). Found by the SIGTERM-during-start-up fault suite.
+fn hold_stop_signals() {
+    let _ = stop_signals().thread_block();
+}
+
+fn release_stop_signals() {
+    let _ = stop_signals().thread_unblock();
+}
+
+fn stop_signals() -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGTERM);
+    set.add(nix::sys::signal::Signal::SIGINT);
+    set
+}
+
 /// Waits for SIGTERM or SIGINT. As PID 1 in its container, tsbridge gets no default
 /// signal handling from the kernel, so it must install its own.
 async fn shutdown_signal() -> std::io::Result<&'static str> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    release_stop_signals();
     Ok(tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
@@ -158,6 +179,8 @@ async fn daemon(cfg: Config, obs: Obs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Before any child is spawned: children must not inherit a blocked SIGTERM.
+    release_stop_signals();
     let reaper = match Reaper::start() {
         Ok(r) => r,
         Err(e) => {

@@ -48,7 +48,7 @@ impl Drop for Secret {
 
 pub const KEY_PREFIX: &str = "tskey-";
 /// headscale's pre-auth keys (`hskey-auth-...`) are secrets of the same kind.
-const KEY_PREFIXES: [&str; 2] = [KEY_PREFIX, "hskey-"];
+pub const KEY_PREFIXES: [&str; 2] = [KEY_PREFIX, "hskey-"];
 pub const REDACTED_KEY: &str = "tskey-[redacted]";
 
 /// Replaces every `tskey-...` (and headscale `hskey-...`) token in `text` with

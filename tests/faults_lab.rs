@@ -216,7 +216,12 @@ fn sigterm_during_startup_exits_fast_and_leaves_nothing() {
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let after = Duration::from_millis((seed >> 33) % 3000);
+        // The first one at once: before tsbridge could have installed any handler.
+        let after = if i == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_millis((seed >> 33) % 3000)
+        };
         let ts = w.lab.start_tsbridge(&w.node, &env).expect("start");
         std::thread::sleep(after);
         let sent = Instant::now();
@@ -224,8 +229,12 @@ fn sigterm_during_startup_exits_fast_and_leaves_nothing() {
             .lab
             .signal_and_wait(&ts, Signal::SIGTERM, Duration::from_secs(10));
         let took = sent.elapsed();
+        // Exit 0; or, when the signal came before tsbridge's first statement (still in
+        // `ip netns exec` or the runtime's start-up), death by SIGTERM with nothing
+        // started: the checks below prove nothing is left either way.
+        use std::os::unix::process::ExitStatusExt;
         assert!(
-            st.is_some_and(|s| s.success()),
+            st.is_some_and(|s| s.success() || s.signal() == Some(15)),
             "SIGTERM {i} after {after:?}: {st:?}\n{}",
             tsbridge_lab::tail(&w.lab.log(&ts), 30)
         );

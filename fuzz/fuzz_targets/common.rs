@@ -1,15 +1,18 @@
 // Shared checks for the config fuzz targets (included with `#[path]`).
 
-/// Every `tskey-` in text shown to a user must be the redacted form.
+/// Every `tskey-` (and headscale `hskey-`) in text shown to a user must be the redacted
+/// form.
 pub fn assert_no_key_shown(shown: &str) {
-    let mut rest = shown;
-    while let Some(i) = rest.find("tskey-") {
-        let after = &rest[i + "tskey-".len()..];
-        assert!(
-            after.starts_with("[redacted]"),
-            "an auth key is shown unredacted: {shown:?}"
-        );
-        rest = after;
+    for prefix in tsbridge::secret::KEY_PREFIXES {
+        let mut rest = shown;
+        while let Some(i) = rest.find(prefix) {
+            let after = &rest[i + prefix.len()..];
+            assert!(
+                after.starts_with("[redacted]"),
+                "an auth key is shown unredacted: {shown:?}"
+            );
+            rest = after;
+        }
     }
 }
 
@@ -39,7 +42,9 @@ pub fn shown(l: &tsbridge::config::Loaded) -> String {
 pub fn assert_no_key_in_args(l: &tsbridge::config::Loaded) {
     if let Ok(c) = &l.config {
         for a in c.extra_args.iter().chain(&c.tailscaled_extra_args) {
-            assert!(!a.contains("tskey-"), "key-shaped argument accepted: {a:?}");
+            for prefix in tsbridge::secret::KEY_PREFIXES {
+                assert!(!a.contains(prefix), "key-shaped argument accepted: {a:?}");
+            }
         }
         let debug = format!("{c:?}");
         if let Some(tsbridge::config::AuthKey::Inline(k)) = &c.auth_key {
