@@ -373,3 +373,62 @@ fn read_only_state_dir_is_a_clear_error_not_a_crash_loop() {
         .signal_and_wait(&ts, Signal::SIGTERM, Duration::from_secs(5));
     assert!(st.is_some_and(|s| s.success()), "{st:?}");
 }
+
+/// A full state directory (a small tmpfs filled up before tailscaled starts): tsbridge
+/// names the problem, stays up without a tight restart loop, and exits cleanly on SIGTERM.
+#[test]
+#[ignore = "long mode: make test-long"]
+fn full_state_dir_is_a_clear_error_not_a_crash_loop() {
+    let w = World::new();
+    let dir = w.node.state_dir().with_file_name("full-state");
+    std::fs::create_dir_all(&dir).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tsbridge-fault"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount a small tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(dir.clone());
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    // Fill it: the write fails with ENOSPC once the tmpfs is full.
+    let filler = std::fs::write(dir.join("filler"), vec![0u8; 128 * 1024]);
+    assert!(filler.is_err(), "the tmpfs should be full");
+    let state_s = state.display().to_string();
+    let ts = w
+        .lab
+        .start_tsbridge(&w.node, &w.env(&[("TS_STATE_DIR", &state_s)]))
+        .expect("start");
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        w.lab.try_wait(&ts).is_none(),
+        "tsbridge exited on a full state dir"
+    );
+    let log = w.lab.log(&ts);
+    let lower = log.to_lowercase();
+    assert!(
+        lower.contains("no space left on device"),
+        "no clear error about the full state directory:\n{}",
+        tsbridge_lab::tail(&log, 40)
+    );
+    for line in log
+        .lines()
+        .filter(|l| l.to_lowercase().contains("no space left"))
+        .take(3)
+    {
+        eprintln!("full state dir reported as: {line}");
+    }
+    // Backoff, not a tight loop: a handful of tailscaled starts in 8 s.
+    let starts = log.matches("tailscaled started").count();
+    assert!(starts <= 5, "{starts} tailscaled starts in 8 s");
+    let st = w
+        .lab
+        .signal_and_wait(&ts, Signal::SIGTERM, Duration::from_secs(10));
+    assert!(st.is_some_and(|s| s.success()), "{st:?}");
+}
