@@ -327,6 +327,28 @@ fn cpu_ms(pid: u32) -> f64 {
     ticks as f64 * 1000.0 / hz
 }
 
+/// A small tmpfs for a faulty state directory, unmounted on drop (also on panic).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, opts: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tsbridge-fault"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount a tmpfs ({opts}) on {}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// A read-only state directory: a clear error naming it, tsbridge stays up (degraded, no
 /// crash loop of its own) and exits cleanly on SIGTERM.
 #[test]
@@ -334,20 +356,7 @@ fn cpu_ms(pid: u32) -> f64 {
 fn read_only_state_dir_is_a_clear_error_not_a_crash_loop() {
     let w = World::new();
     let dir = w.node.state_dir().with_file_name("ro-state");
-    std::fs::create_dir_all(&dir).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "ro,size=64k", "tsbridge-fault"])
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount a read-only tmpfs");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _u = Unmount(dir.clone());
+    let _u = Tmpfs::mount(&dir, "ro,size=64k");
     let state = dir.join("state");
     let state_s = state.display().to_string();
     let ts = w
@@ -381,20 +390,7 @@ fn read_only_state_dir_is_a_clear_error_not_a_crash_loop() {
 fn full_state_dir_is_a_clear_error_not_a_crash_loop() {
     let w = World::new();
     let dir = w.node.state_dir().with_file_name("full-state");
-    std::fs::create_dir_all(&dir).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tsbridge-fault"])
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount a small tmpfs");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _u = Unmount(dir.clone());
+    let _u = Tmpfs::mount(&dir, "size=64k,mode=0700");
     let state = dir.join("state");
     std::fs::create_dir_all(&state).unwrap();
     // Fill it: the write fails with ENOSPC once the tmpfs is full.
