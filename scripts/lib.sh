@@ -9,7 +9,7 @@ CACHE=${TSBRIDGE_CACHE:-/var/cache/tsbridge}
 TOOLS_BIN="$ROOT/.tools/bin"
 export GOCACHE="$CACHE/gocache" GOMODCACHE="$CACHE/gomodcache" CGO_ENABLED=0
 export GOFLAGS="-trimpath -modcacherw"
-mkdir -p "$CACHE" "$TOOLS_BIN"
+mkdir -p "$CACHE/bin" "$TOOLS_BIN"
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
