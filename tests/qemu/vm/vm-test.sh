@@ -13,6 +13,9 @@ NFT=/usr/sbin/nft
 LAB=/opt/lab/bin
 HS_CFG=/run/lab/headscale/config.yaml
 URL=http://192.168.10.1:8080
+# The node reaches the control server by a name only the node's /etc/hosts knows: the spec
+# mounts no /etc files, the service sees the node's through Talos's own default mounts.
+NODE_URL=http://control.lab.test:8080
 DOMAIN=tailnet.test
 NODE_SOCK=/var/run/tailscale/tailscaled.sock
 PEER_SOCK=/run/lab/peer/tailscaled.sock
@@ -49,7 +52,7 @@ hs() { in_ns ctl $LAB/headscale -c "$HS_CFG" "$@"; }
 
 # ---------------------------------------------------------------- the node and the lab
 mkdir -p /run/lab /var/lib /var/run /etc/ssl
-printf '127.0.0.1 localhost\n192.168.10.11 talos-node-1\n' >/etc/hosts
+printf '127.0.0.1 localhost\n192.168.10.11 talos-node-1\n192.168.10.1 control.lab.test\n' >/etc/hosts
 printf 'nameserver 192.168.10.1\n' >/etc/resolv.conf
 sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
 
@@ -172,7 +175,7 @@ write_config() { # write_config [KEY [repeated]]
     echo "name: tailscale"
     echo "environment:"
     [ -n "${1:-}" ] && echo "  - TS_AUTHKEY=$1"
-    echo "  - TS_EXTRA_ARGS=--login-server=$URL"
+    echo "  - TS_EXTRA_ARGS=--login-server=$NODE_URL"
     echo "  - TS_HOSTNAME=node1"
     echo "  - TS_TAILSCALED_EXTRA_ARGS=--no-logs-no-support --port=41641"
     echo "  - TSBRIDGE_LAB_SUBNETS=192.168.10.0/24"
@@ -226,12 +229,15 @@ pid1=$(cut -d' ' -f2 /run/talos-runner/ext-tailscale)
 wait_for 10 is_tsbridge || fail service-running "PID $pid1 is not tsbridge"
 nspid=$(awk '/^NSpid:/ {print $NF}' /proc/$pid1/status)
 [ "$nspid" = 1 ] || fail service-running "tsbridge is PID $nspid in its namespace, not 1"
+for f in /etc/hosts /etc/resolv.conf; do
+  cmp -s "/proc/$pid1/root$f" "$f" || fail service-running "the service does not see the node's $f"
+done
 check service-running "ext-tailscale Running, tsbridge is PID 1 of its own PID namespace (host PID $pid1)"
 
 wait_for 240 backend_running || fail joined "the node's tailscaled is not Running"
 NODE_IP=$(node_ip)
 [ -n "$NODE_IP" ] || fail joined "the node has no 100.x address"
-check joined "the node joined the tailnet with the ExtensionServiceConfig's key as node1 = $NODE_IP"
+check joined "the node joined the tailnet with the ExtensionServiceConfig's key as node1 = $NODE_IP (control server $NODE_URL, a name from the node's /etc/hosts)"
 
 # the key must not be on any command line, nor in the environment of tsbridge's children
 for p in /proc/[0-9]*; do
