@@ -6,8 +6,12 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # A cache the scripts own, outside the clone, so a fresh clone on the same machine (CI)
 # reuses Go builds and downloaded packages.
 CACHE=${TSBRIDGE_CACHE:-/var/cache/tsbridge}
+# The content-addressed parts (Go's build and module caches, the pinned .deb downloads) can
+# come from another cache: the cold set-up stage (scripts/test-cold.sh) runs with a new,
+# empty TSBRIDGE_CACHE but shares these, so it costs links and copies, not rebuilds.
+SHARED_CACHE=${TSBRIDGE_SHARED_CACHE:-$CACHE}
 TOOLS_BIN="$ROOT/.tools/bin"
-export GOCACHE="$CACHE/gocache" GOMODCACHE="$CACHE/gomodcache" CGO_ENABLED=0
+export GOCACHE="$SHARED_CACHE/gocache" GOMODCACHE="$SHARED_CACHE/gomodcache" CGO_ENABLED=0
 export GOFLAGS="-trimpath -modcacherw"
 mkdir -p "$CACHE/bin" "$TOOLS_BIN"
 

@@ -5,6 +5,9 @@ cd "$ROOT"
 
 stage() { log "stage: $*"; }
 
+stage "set-up on a cold machine (new artifact cache) and the package list"
+scripts/test-cold.sh
+
 stage "format and lint"
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
