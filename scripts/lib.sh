@@ -17,3 +17,8 @@ mkdir -p "$CACHE/bin" "$TOOLS_BIN"
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+# go_pin GOMOD MODULE VERSION: GOMOD must require MODULE at VERSION (from versions.env).
+go_pin() {
+  grep -Eq "^[[:space:]]*(require[[:space:]]+)?$2 $3([[:space:]]|$)" "$1" ||
+    die "$1 does not require $2 $3 (versions.env): make them agree"
+}
