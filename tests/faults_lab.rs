@@ -16,14 +16,14 @@ const OWNED: (usize, usize) = (4, 4);
 
 /// How many times to repeat a fault: `var` if set, else `long` in the long mode, else once.
 fn count(var: &str, long: usize) -> usize {
+    let default = match std::env::var("TSBRIDGE_FAULT_LONG").as_deref() {
+        Ok("1") => long,
+        _ => 1,
+    };
     std::env::var(var)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if std::env::var("TSBRIDGE_FAULT_LONG").as_deref() == Ok("1") {
-            long
-        } else {
-            1
-        })
+        .unwrap_or(default)
 }
 
 /// The log lines of a finished reconcile pass (an unchanged pass is a debug event: the
