@@ -17,11 +17,15 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use crate::backoff::{Backoff, random_u64};
 use crate::config::Config;
+use crate::egress::kernel::link_index;
 use crate::localapi::{LocalApi, Notify, WATCH_MASK};
+use crate::reaper::{Reaper, terminate};
 use crate::secret::{Secret, redact};
+use crate::shutdown::until_shutdown;
 use crate::status::{BackendState, TailscaleStatus};
-use crate::supervisor::{Backoff, Reaper, child_env, random_u64, terminate, until_shutdown};
+use crate::tailscaled::{self, child_env};
 
 /// What the join side knows when it decides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -302,13 +306,6 @@ async fn read_all(fd: Option<OwnedFd>) -> String {
 
 type UpFuture = Pin<Box<dyn Future<Output = Result<(), UpFailure>> + Send>>;
 
-/// The interface index of `tailscale0`, if it exists.
-pub fn tun_index() -> Option<u32> {
-    // SAFETY: a valid NUL-terminated name; if_nametoindex only reads it.
-    let i = unsafe { nix::libc::if_nametoindex(c"tailscale0".as_ptr()) };
-    (i != 0).then_some(i)
-}
-
 /// Follows tailscaled over the LocalAPI and joins the tailnet, until shutdown. Publishes
 /// what it learns on `status`.
 pub async fn run(
@@ -499,7 +496,7 @@ async fn refresh(api: &LocalApi, status: &watch::Sender<TailscaleStatus>) {
         Ok(st) => {
             let addrs = st.addrs();
             let suffix = st.suffix();
-            let tun = tun_index();
+            let tun = link_index(tailscaled::DEFAULT_TUN);
             let backend = st.backend();
             let changed = status.send_if_modified(|s| {
                 let new = TailscaleStatus {
