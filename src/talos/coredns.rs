@@ -264,20 +264,24 @@ spec:
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn coredns() -> CoreDns {
+impl CoreDns {
+    /// The options most tests use: a tailnet suffix and Talos's defaults.
+    pub(crate) fn example() -> CoreDns {
         CoreDns {
             tailnet: "tail1234.ts.net".into(),
             cluster_domain: DEFAULT_CLUSTER_DOMAIN.into(),
             image: DEFAULT_COREDNS_IMAGE.into(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn corefile_forwards_tailnet_and_keeps_talos_defaults() {
-        let mut c = coredns();
+        let mut c = CoreDns::example();
         c.cluster_domain = "k8s.example".into();
         let f = corefile(&c);
         assert!(f.starts_with("tail1234.ts.net:53 {\n"));

@@ -429,11 +429,7 @@ mod tests {
     }
 
     fn coredns() -> CoreDns {
-        CoreDns {
-            tailnet: "tail1234.ts.net".into(),
-            cluster_domain: DEFAULT_CLUSTER_DOMAIN.into(),
-            image: DEFAULT_COREDNS_IMAGE.into(),
-        }
+        CoreDns::example()
     }
 
     #[test]
