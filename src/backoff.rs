@@ -90,9 +90,43 @@ mod tests {
             b.next_delay(Duration::from_secs(61), 0),
             Duration::from_millis(500)
         );
-        let mut b = Backoff::default();
-        for _ in 0..40 {
-            assert!(b.next_delay(short, random_u64()) <= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn jitter_follows_the_random_number_within_the_upper_half() {
+        let short = Duration::from_secs(2);
+        // The first delay is 500 ms plus the random number modulo 501 ms.
+        for (random, want) in [
+            (0u64, 500u64),
+            (123, 623),
+            (500, 1000),
+            (501, 500),
+            (1000, 999),
+        ] {
+            let mut b = Backoff::default();
+            assert_eq!(
+                b.next_delay(short, random),
+                Duration::from_millis(want),
+                "random {random}"
+            );
         }
+        // At the cap: [15 s, 30 s], and random_u64 really varies (40 equal draws out of
+        // 15001 values would mean it does not).
+        let delays: std::collections::BTreeSet<Duration> = (0..40)
+            .map(|_| {
+                let mut b = Backoff::default();
+                for _ in 0..10 {
+                    b.next_delay(short, 0);
+                }
+                b.next_delay(short, random_u64())
+            })
+            .collect();
+        assert!(delays.len() > 1, "{delays:?}");
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d >= Duration::from_secs(15) && *d <= Duration::from_secs(30)),
+            "{delays:?}"
+        );
     }
 }

@@ -142,14 +142,27 @@ struct PeerStatus {
     online: bool,
 }
 
+const STATUS_LIMIT: Duration = Duration::from_secs(3);
+
+/// Why tailscaled's status could not be read.
+#[derive(Debug, thiserror::Error)]
+enum StatusError {
+    #[error("the LocalAPI did not answer within {} s", STATUS_LIMIT.as_secs())]
+    Timeout,
+    #[error(transparent)]
+    Api(#[from] crate::localapi::ApiError),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
 async fn run_checks(cfg: &Config) -> Vec<Item> {
     let mut items = vec![pass("config", "valid")];
     let api = LocalApi::new(&cfg.socket);
-    let status = tokio::time::timeout(Duration::from_secs(3), api.get("/localapi/v0/status"))
-        .await
-        .map_err(|_| "the LocalAPI did not answer within 3 s".to_owned())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-        .and_then(|b| serde_json::from_slice::<FullStatus>(&b).map_err(|e| e.to_string()));
+    let status = match tokio::time::timeout(STATUS_LIMIT, api.get("/localapi/v0/status")).await {
+        Err(_) => Err(StatusError::Timeout),
+        Ok(Err(e)) => Err(StatusError::Api(e)),
+        Ok(Ok(b)) => serde_json::from_slice::<FullStatus>(&b).map_err(StatusError::Json),
+    };
     items.push(tailscaled_item(&status, cfg));
 
     let ecfg = EgressConfig::from_config(cfg);
@@ -170,7 +183,7 @@ async fn run_checks(cfg: &Config) -> Vec<Item> {
     items
 }
 
-fn tailscaled_item(status: &Result<FullStatus, String>, cfg: &Config) -> Item {
+fn tailscaled_item(status: &Result<FullStatus, StatusError>, cfg: &Config) -> Item {
     const NAME: &str = "tailscaled";
     let s = match status {
         Ok(s) => s,

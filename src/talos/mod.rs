@@ -586,14 +586,6 @@ mod tests {
     }
 
     #[test]
-    fn output_is_deterministic() {
-        let mut o = opts("1.14");
-        o.control_plane = true;
-        o.coredns = Some(coredns());
-        assert_eq!(render(&o).unwrap(), render(&o.clone()).unwrap());
-    }
-
-    #[test]
     fn rejects_bad_options() {
         let mut o = opts("1.6");
         assert!(matches!(render(&o), Err(PatchError::TalosTooOld(_))));
