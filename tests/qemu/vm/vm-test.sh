@@ -130,6 +130,10 @@ dns:
     split: {}
 unix_socket: /run/lab/headscale/headscale.sock
 unix_socket_permission: "0770"
+# The CLI's default 5 s deadline is too short under TCG on a busy host: a pre-auth key's
+# database write alone was seen to exceed it ("context deadline exceeded").
+cli:
+  timeout: 60s
 logtail:
   enabled: false
 EOF
@@ -183,6 +187,8 @@ write_config() { # write_config [KEY [repeated]]
     echo "  - TS_DEBUG_FIREWALL_MODE=nftables"
     # a repeated variable: Talos passes both, the last one must win
     [ -n "${2:-}" ] && printf '  - TSBRIDGE_LOG_LEVEL=warn\n  - TSBRIDGE_LOG_LEVEL=info\n'
+    # the restart check reads the reconcile passes; an unchanged pass is a debug event
+    [ -z "${2:-}" ] && echo "  - TSBRIDGE_LOG_LEVEL=debug"
   } >"$MC"
 }
 RUNNER_PID=
@@ -296,9 +302,15 @@ check nft "table inet tsbridge with pod masquerade and MSS clamp"
 
 # ------------------------- restart: always: the service dies (SIGKILL), Talos restarts it
 OLD_PID=$(cut -d' ' -f2 /run/talos-runner/ext-tailscale)
+log_lines=$(wc -l </var/log/ext-tailscale.log)
 kill -KILL "$OLD_PID"
 new_pid() { [ "$(state)" = Running ] && [ "$(cut -d' ' -f2 /run/talos-runner/ext-tailscale)" != "$OLD_PID" ]; }
 wait_for 30 new_pid || fail restart "ext-tailscale was not restarted after SIGKILL (state: $(state))"
+# The rules and the table were left in place: counting them proves nothing until the new
+# instance has reconciled, and its first pass must adopt them (change nothing).
+first_pass() { tail -n +"$((log_lines + 1))" /var/log/ext-tailscale.log | grep -m1 -E 'egress state (in sync|reconciled)|egress reconcile failed'; }
+wait_for 60 first_pass || fail restart "the restarted service logged no reconcile pass"
+case "$(first_pass)" in *"in sync"*) ;; *) fail restart "the restarted service's first pass did not adopt the state: $(first_pass)" ;; esac
 wait_for 120 backend_running || fail restart "the node's tailscaled is not Running after the restart"
 [ "$(node_ip)" = "$NODE_IP" ] || fail restart "the node's address changed after the restart"
 wait_for 30 in_ns pod ping -c1 -W2 "$PEER_IP" || fail restart "the pod cannot reach the peer after the restart"
@@ -306,7 +318,7 @@ n=$( ($IP rule; $IP -6 rule) | grep -c 'proto 116')
 [ "$n" = "$RULES_N" ] || fail restart "$n tsbridge rules after the restart, $RULES_N before: $( ($IP rule; $IP -6 rule) | grep 'proto 116')"
 n=$($NFT list table inet tsbridge | grep -c -E 'masquerade|maxseg')
 [ "$n" = "$NFT_N" ] || fail restart "$n masquerade/clamp rules after the restart, $NFT_N before"
-check restart "killed with SIGKILL, restarted (restart: always), same address, pod reaches the peer, no duplicate rules"
+check restart "killed with SIGKILL, restarted (restart: always), state adopted by the first pass, same address, pod reaches the peer, no duplicate rules"
 
 # ------------------------------------- config change: stop, new config without key, start
 stop_runner
