@@ -59,7 +59,7 @@ use std::time::{Duration, Instant};
 
 pub use control::{AuthKey, Control};
 pub use lab::{Host, Lab, Pod, Proc};
-pub use netns::{Ns, in_ns, ip, ipn, spawn_in, sweep};
+pub use netns::{Ns, in_ns, ip, ipn, remove_ns, spawn_in, sweep};
 pub use tailnet::{Peer, tailnet_addrs};
 pub use tools::{Tools, preflight};
 
