@@ -14,7 +14,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::backoff::{Backoff, random_u64};
 use crate::config::Config;
-use crate::reaper::{Exit, Reaper, Spawned, terminate};
+use crate::reaper::{Reaper, Spawned, terminate};
 use crate::secret::redact;
 use crate::shutdown::until_shutdown;
 use crate::status::{BackendState, TailscaleStatus};
@@ -98,11 +98,8 @@ pub async fn supervise_tailscaled(
                 tokio::select! {
                     exit = &mut child.exit => {
                         let ran = started.elapsed();
-                        if let Ok(e) = &exit {
-                            crate::metrics::global().tailscaled_exited(match *e {
-                                Exit::Code(c) => crate::metrics::ChildExit::Code(c),
-                                Exit::Signal(s) => crate::metrics::ChildExit::Signal(s),
-                            });
+                        if let Ok(e) = exit {
+                            crate::metrics::global().tailscaled_exited(e);
                         }
                         let why = match exit {
                             Ok(e) => e.to_string(),
