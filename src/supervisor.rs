@@ -207,14 +207,14 @@ fn is_zombie(pid: Pid) -> bool {
 }
 
 fn start_tailscaled(cfg: &Config, reaper: &Reaper) -> Result<Spawned, StartError> {
-    tailscaled::prepare_dirs(cfg).map_err(|source| StartError::Dirs {
+    let logs = tailscaled::prepare_dirs(cfg).map_err(|source| StartError::Dirs {
         path: cfg.state_dir.display().to_string(),
         source,
     })?;
     let mut cmd = Command::new(&cfg.tailscaled);
     cmd.args(tailscaled::args(cfg))
         .env_clear()
-        .envs(tailscaled::child_env(cfg))
+        .envs(tailscaled::tailscaled_env(cfg, &logs))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

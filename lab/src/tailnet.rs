@@ -25,11 +25,16 @@ impl Lab {
         ]
     }
 
-    /// Starts plain tailscaled on `host` (state and socket in the host's directory).
+    /// Starts plain tailscaled on `host` (state, socket and logs directory in the host's
+    /// directory: without `TS_LOGS_DIR` tailscaled would write the machine's
+    /// /var/lib/tailscale).
     pub fn start_tailscaled(&self, host: &Host) -> Result<Proc> {
         let d = self.tools.tailscaled.to_string_lossy().into_owned();
         let state = format!("--statedir={}", host.state_dir().display());
         let sock = format!("--socket={}", host.socket().display());
+        let logs = host.logs_dir()?;
+        let mut env = Self::tailscaled_env();
+        env.push(("TS_LOGS_DIR", &logs));
         self.spawn(
             &host.ns,
             &format!("{}-tailscaled", host.role),
@@ -40,7 +45,7 @@ impl Lab {
                 "--tun=tailscale0",
                 "--no-logs-no-support",
             ],
-            &Self::tailscaled_env(),
+            &env,
         )
     }
 
