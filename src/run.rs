@@ -162,6 +162,14 @@ async fn daemon(cfg: Config, obs: Obs) -> ExitCode {
         has_auth_key = cfg.auth_key.is_some(),
         "tsbridge starting"
     );
+    if !cfg.proxies.is_empty() {
+        info!(
+            http_proxy = %cfg.proxies.shown("HTTP_PROXY"),
+            https_proxy = %cfg.proxies.shown("HTTPS_PROXY"),
+            no_proxy = %cfg.proxies.shown("NO_PROXY"),
+            "tailscaled and tailscale use the HTTP proxy from the environment"
+        );
+    }
     if cfg.lab_subnets.is_empty() {
         warn!("TSBRIDGE_LAB_SUBNETS is not set: the node's Kubernetes identity is unguarded");
     }

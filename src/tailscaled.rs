@@ -41,6 +41,9 @@ pub fn child_env(cfg: &Config) -> Vec<(String, String)> {
         env.retain(|(ek, _)| ek != k);
         env.push((k.clone(), v.clone()));
     }
+    // Talos's `machine.env` proxy settings: without them a node behind a proxy never
+    // reaches its control server, and nothing says why.
+    env.extend(cfg.proxies.child_env());
     env
 }
 
@@ -140,6 +143,31 @@ mod tests {
                 "--no-logs-no-support",
                 "--port=41641"
             ]
+        );
+    }
+
+    #[test]
+    fn proxy_settings_reach_tailscaled_and_the_cli() {
+        let c = cfg(&[
+            ("HTTPS_PROXY", "http://u:pw@proxy:3128"),
+            ("no_proxy", "10.0.0.0/8"),
+            ("FTP_PROXY", "http://ignored"),
+        ]);
+        let env = tailscaled_env(&c, &logs_dir(&c));
+        for want in [
+            ("HTTPS_PROXY", "http://u:pw@proxy:3128"),
+            ("no_proxy", "10.0.0.0/8"),
+        ] {
+            assert!(
+                env.contains(&(want.0.into(), want.1.into())),
+                "{want:?} in {env:?}"
+            );
+            assert!(child_env(&c).contains(&(want.0.into(), want.1.into())));
+        }
+        assert!(env.iter().all(|(k, _)| k != "FTP_PROXY"));
+        assert!(
+            !format!("{c:?}").contains("pw@"),
+            "the configuration's Debug shows it"
         );
     }
 

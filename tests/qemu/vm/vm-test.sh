@@ -305,6 +305,7 @@ check restart "killed with SIGKILL, restarted (restart: always), same address, p
 # ------------------------------------- config change: stop, new config without key, start
 stop_runner
 ms=$STOP_MS
+svc_s=$(sed -n 's/.*task exited \([0-9.]*\) s after SIGTERM.*/\1/p' "$RUNNER_LOG" | tail -n 1)
 write_config "" repeated
 grep -q TS_AUTHKEY "$MC" && fail identity "the new config still has the key"
 log_lines=$(wc -l </var/log/ext-tailscale.log)
@@ -325,7 +326,7 @@ nodes=$(echo "$list" | tr -d ' \n' | grep -o '"given_name":"node1[^"]*"' | wc -l
 wait_for 60 in_ns pod ping -c1 -W2 "$PEER_IP" || fail identity "the pod cannot reach the peer after the restart"
 tail -n +"$((log_lines + 1))" /var/log/ext-tailscale.log | grep -q ' INFO ' ||
   fail identity "no INFO lines with TSBRIDGE_LOG_LEVEL=warn then =info: the first value won"
-check identity "after stop (${ms} ms), new ExtensionServiceConfig without TS_AUTHKEY, start: still node1 = $NODE_IP, pod reaches the peer; a repeated variable: last value wins"
+check identity "after stop (service exited ${svc_s} s after SIGTERM, runner ${ms} ms), new ExtensionServiceConfig without TS_AUTHKEY, start: still node1 = $NODE_IP, pod reaches the peer; a repeated variable: last value wins"
 
 # --------------------------------------- poweroff: Talos stops services, then powers off
 # The runner stops the service as Talos does: SIGTERM to every process of the container at
