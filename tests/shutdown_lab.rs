@@ -21,11 +21,11 @@ const EXIT_LIMIT: Duration = Duration::from_secs(2);
 struct World {
     lab: Lab,
     node: Host,
-    /// `unshare`, whose only child is tsbridge as PID 1 of its own PID namespace.
-    unshare: Proc,
+    /// tsbridge's container (the process is `unshare`; tsbridge is its init).
+    ts: Proc,
 }
 
-/// A node running tsbridge as PID 1 (as in its Talos container), Running, its kernel
+/// A node running tsbridge as Talos runs it (PID 1 of its container), Running, its kernel
 /// state in place, plus a policy rule and an nft table that are not tsbridge's.
 fn world() -> World {
     let tools = Tools::find(env!("CARGO_BIN_EXE_tsbridge")).expect("lab tools");
@@ -45,32 +45,105 @@ fn world() -> World {
         ],
     )
     .expect("foreign state");
-    let env = lab.node_env_with_key(&control, &node).unwrap();
-    let unshare = lab.start_tsbridge_as_pid1(&node, &env).expect("tsbridge");
+    let key = lab
+        .preauth_key(&control, control.user_id, "10m", false, &[])
+        .unwrap();
+    let mut c = lab.tsbridge_container(&control, &node).unwrap();
+    c.env.push(("TS_AUTHKEY".into(), key.key));
+    let ts = lab.start_container(&node, &c).expect("tsbridge");
     if let Err(e) = lab.wait_running(&node, Duration::from_secs(45)) {
-        panic!("{e}\n{}", tsbridge_lab::tail(&lab.log(&unshare), 40));
+        panic!("{e}\n{}", tsbridge_lab::tail(&lab.log(&ts), 40));
     }
     lab.wait_owned(&node.ns, OWNED, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e}\n{}", tsbridge_lab::tail(&lab.log(&unshare), 40)));
-    World { lab, node, unshare }
+        .unwrap_or_else(|e| panic!("{e}\n{}", tsbridge_lab::tail(&lab.log(&ts), 40)));
+    World { lab, node, ts }
 }
 
 impl World {
-    /// The processes of the "container": everything in the node's namespace but `unshare`.
-    fn container_pids(&self) -> Vec<u32> {
-        self.lab
-            .ns_pids(&self.node.ns)
-            .into_iter()
-            .filter(|p| *p != self.unshare.pid)
-            .collect()
+    fn tsbridge(&self) -> u32 {
+        let init = self.lab.container_init(&self.ts).expect("tsbridge runs");
+        assert_eq!(
+            tsbridge_lab::procfs::comm(init).as_deref(),
+            Some("tsbridge")
+        );
+        init
     }
 
-    /// Records every tailscaled pid seen in the node from now until the returned guard is
-    /// stopped, polling every 2 ms: a restart, however short-lived, shows up as a new pid.
-    fn watch_tailscaled(&self) -> TailscaledWatch {
+    /// Stops the service with `signal_it` (given tailscaled's pid), and checks what must
+    /// hold after any stop: exit 0 within the limit, no tailscaled restarted (a watch
+    /// polls every 2 ms for a new tailscaled, however short-lived), only tsbridge's own
+    /// state removed, nothing left running. Returns the log from the shutdown on.
+    fn stop_and_check(&self, signal_it: impl FnOnce(u32)) -> String {
+        let before: BTreeSet<u32> = self
+            .lab
+            .pids_named(&self.node.ns, "tailscaled")
+            .into_iter()
+            .collect();
+        assert_eq!(before.len(), 1, "one tailscaled: {before:?}");
+        let watch = TailscaledWatch::start(self);
+        wait_until(
+            Duration::from_secs(5),
+            "the watch to see tailscaled",
+            || Ok((*watch.seen.lock().unwrap() == before).then_some(())),
+        )
+        .unwrap();
+        let t0 = Instant::now();
+        signal_it(*before.iter().next().unwrap());
+        let st = self
+            .lab
+            .wait_exit(&self.ts, Duration::from_secs(12))
+            .expect("tsbridge exits");
+        let took = t0.elapsed();
+        let seen = watch.finish();
+        let log = self.lab.log(&self.ts);
+        let log = match log.find("shutting down") {
+            Some(i) => log[log[..i].rfind('\n').map_or(0, |n| n + 1)..].to_owned(),
+            None => panic!("no shutdown in the log:\n{}", tsbridge_lab::tail(&log, 40)),
+        };
+        assert!(st.success(), "exit status {st}\n{log}");
+        assert!(took < EXIT_LIMIT, "the stop took {took:?}\n{log}");
+        assert_eq!(
+            seen, before,
+            "a new tailscaled ran during the shutdown\n{log}"
+        );
+        assert!(log.contains("stopped"), "{log}");
+        assert_eq!(self.lab.owned_state(&self.node.ns), (0, 0), "{log}");
+        let left = self
+            .lab
+            .exec_ok(
+                &self.node.ns,
+                &["sh", "-c", "ip rule; nft list table inet foreign"],
+            )
+            .expect("the foreign rule and table are still there");
+        assert!(
+            left.contains("990:") && left.contains("10.98.0.1"),
+            "{left}"
+        );
+        assert!(
+            self.lab.ns_pids(&self.node.ns).is_empty(),
+            "{:?}",
+            self.lab.ns_pids(&self.node.ns)
+        );
+        eprintln!("stopped in {took:?}");
+        log
+    }
+}
+
+/// Every tailscaled pid seen in the node until [`TailscaledWatch::finish`].
+struct TailscaledWatch {
+    seen: Arc<Mutex<BTreeSet<u32>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TailscaledWatch {
+    fn start(w: &World) -> TailscaledWatch {
         let seen = Arc::new(Mutex::new(BTreeSet::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let target = netns_link(&self.node.ns).expect("the node's namespace");
+        let target = tsbridge_lab::in_ns(&w.node.ns, || {
+            std::fs::read_link("/proc/thread-self/ns/net").ok()
+        })
+        .expect("the node's namespace");
         let (s, st) = (seen.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
@@ -97,60 +170,6 @@ impl World {
         }
     }
 
-    /// The log lines from the first "shutting down" on.
-    fn shutdown_log(&self) -> String {
-        let log = self.lab.log(&self.unshare);
-        match log.find("shutting down") {
-            Some(i) => log[log[..i].rfind('\n').map_or(0, |n| n + 1)..].to_owned(),
-            None => panic!("no shutdown in the log:\n{}", tsbridge_lab::tail(&log, 40)),
-        }
-    }
-
-    /// What must hold after any stop: exit 0 within the limit, nothing restarted, only
-    /// tsbridge's own state removed, nothing left running.
-    fn assert_clean_stop(&self, took: Duration, before: &BTreeSet<u32>, seen: BTreeSet<u32>) {
-        let log = self.shutdown_log();
-        assert!(took < EXIT_LIMIT, "the stop took {took:?}\n{log}");
-        assert!(
-            !log.contains("restarting") && !log.contains("tailscaled started"),
-            "tailscaled was restarted during the shutdown:\n{log}"
-        );
-        assert_eq!(
-            &seen, before,
-            "a new tailscaled ran during the shutdown\n{log}"
-        );
-        assert!(log.contains("stopped"), "{log}");
-        assert_eq!(self.lab.owned_state(&self.node.ns), (0, 0), "{log}");
-        let left = self
-            .lab
-            .exec_ok(
-                &self.node.ns,
-                &["sh", "-c", "ip rule; nft list table inet foreign"],
-            )
-            .expect("the foreign rule and table are still there");
-        assert!(
-            left.contains("990:") && left.contains("10.98.0.1"),
-            "{left}"
-        );
-        assert!(
-            self.container_pids().is_empty(),
-            "{:?}",
-            self.container_pids()
-        );
-    }
-}
-
-fn netns_link(ns: &tsbridge_lab::Ns) -> Option<std::path::PathBuf> {
-    tsbridge_lab::in_ns(ns, || std::fs::read_link("/proc/thread-self/ns/net").ok())
-}
-
-struct TailscaledWatch {
-    seen: Arc<Mutex<BTreeSet<u32>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl TailscaledWatch {
     fn finish(mut self) -> BTreeSet<u32> {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
@@ -166,44 +185,24 @@ impl Drop for TailscaledWatch {
     }
 }
 
+fn sigterm(pid: u32) {
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+}
+
 /// SIGTERM to every process of the container at once, tsbridge (its init) last, as
 /// Talos's runtime does.
 #[test]
 fn sigterm_to_every_process_at_once_never_restarts_tailscaled() {
     let w = world();
-    let watch = w.watch_tailscaled();
-    let before: BTreeSet<u32> = w
-        .lab
-        .pids_named(&w.node.ns, "tailscaled")
-        .into_iter()
-        .collect();
-    assert_eq!(before.len(), 1, "{before:?}");
-    wait_until(
-        Duration::from_secs(5),
-        "the watch to see tailscaled",
-        || Ok((*watch.seen.lock().unwrap() == before).then_some(())),
-    )
-    .unwrap();
-    let mut pids = w.container_pids();
+    let pids = w.lab.container_pids(&w.ts);
     assert!(pids.len() >= 2, "tsbridge and tailscaled: {pids:?}");
-    // Children first, the init (tsbridge, the lowest pid: it started them) last.
-    pids.sort_unstable_by(|a, b| b.cmp(a));
-    let t0 = Instant::now();
-    for p in &pids {
-        let _ = kill(Pid::from_raw(*p as i32), Signal::SIGTERM);
-    }
-    let st = w
-        .lab
-        .wait_exit(&w.unshare, Duration::from_secs(12))
-        .expect("tsbridge exits");
-    let took = t0.elapsed();
-    assert!(st.success(), "exit status {st}\n{}", w.shutdown_log());
-    w.assert_clean_stop(took, &before, watch.finish());
-    eprintln!(
-        "SIGTERM to {} processes: stopped in {took:?}\n{}",
-        pids.len(),
-        w.shutdown_log()
-    );
+    let log = w.stop_and_check(|_| {
+        let init = w.tsbridge();
+        for p in pids.iter().filter(|p| **p != init).chain([&init]) {
+            sigterm(*p);
+        }
+    });
+    assert!(!log.contains("restarting"), "{log}");
 }
 
 /// The same stop when tailscaled's exit reaches tsbridge before its own SIGTERM does (a
@@ -212,39 +211,28 @@ fn sigterm_to_every_process_at_once_never_restarts_tailscaled() {
 #[test]
 fn tailscaled_gone_before_tsbridge_sees_its_sigterm_is_not_a_crash() {
     let w = world();
-    let watch = w.watch_tailscaled();
-    let before: BTreeSet<u32> = w
-        .lab
-        .pids_named(&w.node.ns, "tailscaled")
-        .into_iter()
-        .collect();
-    assert_eq!(before.len(), 1, "{before:?}");
-    let tailscaled = *before.iter().next().unwrap();
-    let tsbridge = *w.container_pids().iter().min().expect("tsbridge runs");
-    let t0 = Instant::now();
-    kill(Pid::from_raw(tailscaled as i32), Signal::SIGTERM).unwrap();
-    // Gone from /proc: tsbridge has reaped it, so its supervisor has the exit.
-    wait_until(
-        Duration::from_secs(10),
-        "tailscaled to exit and be reaped",
-        || Ok((!std::path::Path::new(&format!("/proc/{tailscaled}")).exists()).then_some(())),
-    )
-    .unwrap();
-    kill(Pid::from_raw(tsbridge as i32), Signal::SIGTERM).unwrap();
-    let st = w
-        .lab
-        .wait_exit(&w.unshare, Duration::from_secs(12))
-        .expect("tsbridge exits");
-    let took = t0.elapsed();
-    assert!(st.success(), "exit status {st}\n{}", w.lab.log(&w.unshare));
-    let log = w.lab.log(&w.unshare);
-    let from_exit = &log[log.rfind("tsbridge starting").unwrap_or(0)..];
+    let tsbridge = w.tsbridge();
+    let log = w.stop_and_check(|tailscaled| {
+        sigterm(tailscaled);
+        // Gone from /proc: tsbridge has reaped it, so its supervisor has the exit.
+        wait_until(
+            Duration::from_secs(10),
+            "tailscaled to exit and be reaped",
+            || Ok((!std::path::Path::new(&format!("/proc/{tailscaled}")).exists()).then_some(())),
+        )
+        .unwrap();
+        sigterm(tsbridge);
+    });
+    let all = w.lab.log(&w.ts);
     assert!(
-        !from_exit.contains("restarting") && from_exit.matches("tailscaled started").count() == 1,
+        !all.contains("restarting") && all.matches("tailscaled started").count() == 1,
         "tailscaled's exit was taken for a crash:\n{}",
-        tsbridge_lab::tail(from_exit, 30)
+        tsbridge_lab::tail(&all, 30)
     );
-    w.assert_clean_stop(took, &before, watch.finish());
+    assert!(
+        log.contains("tailscaled exited as the service stops"),
+        "{log}"
+    );
 }
 
 /// SIGTERM to tsbridge alone (`kill` by hand, or a runtime that signals only the init):
@@ -252,36 +240,8 @@ fn tailscaled_gone_before_tsbridge_sees_its_sigterm_is_not_a_crash() {
 #[test]
 fn sigterm_to_tsbridge_alone_stops_within_two_seconds() {
     let w = world();
-    let watch = w.watch_tailscaled();
-    let before: BTreeSet<u32> = w
-        .lab
-        .pids_named(&w.node.ns, "tailscaled")
-        .into_iter()
-        .collect();
-    wait_until(
-        Duration::from_secs(5),
-        "the watch to see tailscaled",
-        || Ok((*watch.seen.lock().unwrap() == before).then_some(())),
-    )
-    .unwrap();
-    let tsbridge = *w.container_pids().iter().min().expect("tsbridge runs");
-    assert_eq!(
-        tsbridge_lab::procfs::comm(tsbridge).as_deref(),
-        Some("tsbridge")
-    );
-    let t0 = Instant::now();
-    kill(Pid::from_raw(tsbridge as i32), Signal::SIGTERM).unwrap();
-    let st = w
-        .lab
-        .wait_exit(&w.unshare, Duration::from_secs(12))
-        .expect("tsbridge exits");
-    let took = t0.elapsed();
-    assert!(st.success(), "exit status {st}\n{}", w.shutdown_log());
-    w.assert_clean_stop(took, &before, watch.finish());
-    assert!(
-        w.shutdown_log().contains("stopping tailscaled"),
-        "{}",
-        w.shutdown_log()
-    );
-    eprintln!("SIGTERM to tsbridge alone: stopped in {took:?}");
+    let tsbridge = w.tsbridge();
+    let log = w.stop_and_check(|_| sigterm(tsbridge));
+    assert!(log.contains("stopping tailscaled"), "{log}");
+    assert!(!log.contains("restarting"), "{log}");
 }
