@@ -186,7 +186,7 @@ impl Lab {
         Ok(Container {
             name: format!("{}-containerboot", host.role),
             bin: vec![
-                self.tools.containerboot.clone(),
+                self.tools.containerboot()?,
                 self.tools.tailscaled.clone(),
                 self.tools.tailscale.clone(),
             ],
