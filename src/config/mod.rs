@@ -146,6 +146,9 @@ pub struct Config {
     pub tailscale: PathBuf,
     /// `TS_DEBUG_*` variables, passed on to tailscaled's environment.
     pub tailscaled_env: Vec<(String, String)>,
+    /// `HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY` (either case), passed on to tailscaled and
+    /// the tailscale CLI.
+    pub proxies: crate::proxy::Proxies,
 }
 
 /// One problem with one variable.
@@ -387,6 +390,7 @@ where
             tailscaled,
             tailscale,
             tailscaled_env,
+            proxies: crate::proxy::Proxies::from_env(&env),
         })
     } else {
         Err(ConfigErrors(r.problems))
