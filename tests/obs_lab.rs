@@ -66,29 +66,16 @@ impl World {
         env
     }
 
-    /// `tsbridge check [--json]` in the node with the service's environment (key left out:
-    /// check never needs it).
+    /// `tsbridge check [--json]` in the node, without the cluster-DNS check (this lab has
+    /// no cluster DNS; tests/dns_lab.rs has one).
     fn check(&self, env: &[(String, String)], json: bool) -> (i32, String) {
-        let bin = env!("CARGO_BIN_EXE_tsbridge");
-        let mut argv: Vec<String> = vec!["env".into()];
-        argv.extend(
-            env.iter()
-                .filter(|(k, _)| k != "TS_AUTHKEY")
-                .map(|(k, v)| format!("{k}={v}")),
-        );
-        argv.extend([bin.to_owned(), "check".to_owned()]);
+        let mut args = vec!["--cluster-dns", "off"];
         if json {
-            argv.push("--json".into());
+            args.push("--json");
         }
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let out = self
-            .lab
-            .exec(&self.node.ns, &argv)
-            .expect("run tsbridge check");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        self.lab
+            .tsbridge_check(&self.node, env, &args)
+            .expect("run tsbridge check")
     }
 
     fn wait_ready(&self, p: &Proc, limit: Duration) -> Duration {

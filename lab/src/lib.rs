@@ -47,6 +47,7 @@
 //! file under the lab directory ([`Lab::log`]).
 
 mod control;
+mod dns;
 mod lab;
 mod netns;
 mod node;
@@ -58,6 +59,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 pub use control::{AuthKey, Control};
+pub use dns::dns_answers;
 pub use lab::{Host, Lab, Pod, Proc};
 pub use netns::{Ns, in_ns, ip, ipn, spawn_in, sweep};
 pub use tailnet::{Peer, tailnet_addrs};

@@ -88,6 +88,31 @@ impl Lab {
         Ok(env)
     }
 
+    /// `tsbridge check ARGS` on `host` with the service's environment `env` (the key left
+    /// out: check never needs it): (exit status, stdout).
+    pub fn tsbridge_check(
+        &self,
+        host: &Host,
+        env: &[(String, String)],
+        args: &[&str],
+    ) -> Result<(i32, String)> {
+        let bin = self.tools.tsbridge.to_string_lossy().into_owned();
+        let mut argv: Vec<String> = vec!["env".into()];
+        argv.extend(
+            env.iter()
+                .filter(|(k, _)| k != "TS_AUTHKEY")
+                .map(|(k, v)| format!("{k}={v}")),
+        );
+        argv.extend([bin, "check".to_owned()]);
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let out = self.exec(&host.ns, &argv)?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
+    }
+
     /// The pids of the processes in `ns` whose command name is `comm`.
     pub fn pids_named(&self, ns: &Ns, comm: &str) -> Vec<u32> {
         self.ns_pids(ns)

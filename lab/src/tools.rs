@@ -10,6 +10,8 @@ pub struct Tools {
     pub tailscale: PathBuf,
     pub tailscaled: PathBuf,
     pub headscale: PathBuf,
+    /// The real CoreDNS (the lab's cluster DNS, `dns.rs`).
+    pub coredns: PathBuf,
     /// The tsbridge binary under test (tests pass `env!("CARGO_BIN_EXE_tsbridge")`).
     pub tsbridge: PathBuf,
 }
@@ -49,6 +51,7 @@ impl Tools {
             tailscale: tool("tailscale")?,
             tailscaled: tool("tailscaled")?,
             headscale: tool("headscale")?,
+            coredns: tool("coredns")?,
             tsbridge,
         })
     }
