@@ -62,6 +62,7 @@ pub use control::{AuthKey, Control};
 pub use dns::dns_answers;
 pub use lab::{Host, Lab, Pod, Proc};
 pub use netns::{Ns, in_ns, ip, ipn, spawn_in, sweep};
+pub use node::http_get;
 pub use tailnet::{Peer, tailnet_addrs};
 pub use tools::{Tools, preflight};
 

@@ -1,11 +1,29 @@
 //! tsbridge nodes: `tsbridge run` on a lab host, its environment, and what it owns in
 //! the node's kernel.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::{
-    Control, Error, Host, LAN_CIDR, Lab, Ns, POD_CIDR_V4, POD_CIDR_V6, Proc, Result, wait_until,
+    Control, Error, Host, LAN_CIDR, Lab, Ns, POD_CIDR_V4, POD_CIDR_V6, Proc, Result, in_ns,
+    wait_until,
 };
+
+/// `GET path` from inside `ns` to tsbridge's health listener at `addr`: (status, body), or
+/// `None` while nothing answers.
+pub fn http_get(ns: &Ns, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let path = path.to_owned();
+    in_ns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: node\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let code = out.get(9..12)?.parse().ok()?;
+        Some((code, out.split_once("\r\n\r\n")?.1.to_owned()))
+    })
+}
 
 impl Lab {
     /// The environment `tsbridge run` gets on a lab node: state and socket in the host's
