@@ -280,7 +280,7 @@ fn cluster_dns_item(
         format!(" --service-cidr {}", list.join(","))
     };
     let apply = format!(
-        "give pods the CoreDNS that forwards {suffix} to {MAGICDNS}: `tsbridge patch --coredns-manifests --tailnet {suffix}{svc} | kubectl apply --server-side --force-conflicts -f -`, then `kubectl -n kube-system rollout restart deployment/coredns`; keep it across upgrades with `tsbridge patch --coredns` in the control planes' machine config (README: MagicDNS names on a running cluster)",
+        "give pods the CoreDNS that forwards {suffix} to {MAGICDNS}: `tsbridge patch --coredns-manifests --tailnet {suffix}{svc} | kubectl apply --server-side --force-conflicts -f -`, then `kubectl -n kube-system rollout restart deployment/coredns`; keep it across upgrades with `tsbridge patch --coredns` in the control planes' machine config (README: MagicDNS names for pods)",
         suffix = m.suffix,
         MAGICDNS = crate::talos::MAGICDNS,
     );

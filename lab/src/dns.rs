@@ -79,8 +79,14 @@ impl Lab {
         let backend = pod.addr_v4;
         let rules = format!(
             "table ip tsbridge-lab-svc {{
-  chain output {{ type nat hook output priority -100; ip daddr {service} meta l4proto {{ tcp, udp }} th dport 53 dnat to {backend} }}
-  chain prerouting {{ type nat hook prerouting priority -100; ip daddr {service} meta l4proto {{ tcp, udp }} th dport 53 dnat to {backend} }}
+  chain output {{
+    type nat hook output priority -100;
+    ip daddr {service} meta l4proto {{ tcp, udp }} th dport 53 dnat to {backend}
+  }}
+  chain prerouting {{
+    type nat hook prerouting priority -100;
+    ip daddr {service} meta l4proto {{ tcp, udp }} th dport 53 dnat to {backend}
+  }}
 }}
 "
         );
