@@ -677,6 +677,23 @@ mod tests {
     }
 
     #[test]
+    fn in_memory_state_is_named_by_the_tailscaled_check() {
+        let cfg = crate::config::test_config(&[("TS_STATE_DIR", "/var/lib/ts")]);
+        let status = FullStatus {
+            backend_state: "NoState".into(),
+            health: Some(vec!["State store failed to initialize, Tailscale will not work until this is resolved. See https://tailscale.com/s/state-store-init-error. Error: open /var/lib/ts/tailscaled.state.tmp1: read-only file system".into()]),
+            ..FullStatus::default()
+        };
+        let i = tailscaled_item(&Ok(status), &cfg);
+        assert!(!i.ok);
+        assert!(
+            i.detail.starts_with("tailscaled cannot write its state directory /var/lib/ts (open /var/lib/ts/tailscaled.state.tmp1: read-only file system)"),
+            "{i:?}"
+        );
+        assert!(i.fix.unwrap().contains("TS_STATE_DIR"));
+    }
+
+    #[test]
     fn cluster_dns_address_and_flag() {
         let v4: crate::net::Cidr = "10.96.0.0/12".parse().unwrap();
         let v6: crate::net::Cidr = "fd00:10:96::/112".parse().unwrap();

@@ -333,6 +333,28 @@ impl World {
         })
     }
 
+    /// Starts tsbridge on the state directory `state`, which tailscaled cannot write:
+    /// waits for the WARN naming the directory and `cause`, then for `/readyz` to fail with
+    /// that reason. The running tsbridge.
+    fn falls_back_to_memory(&self, state: &std::path::Path, cause: &str) -> Proc {
+        let state_s = state.display().to_string();
+        let ts = self
+            .lab
+            .start_tsbridge(
+                &self.node,
+                &self.env(&[("TS_STATE_DIR", &state_s), ("TSBRIDGE_LISTEN", LISTEN)]),
+            )
+            .expect("start");
+        let warn = self.log_line(&ts, &["WARN", "in-memory state", &state_s]);
+        assert!(warn.contains(cause), "{warn}");
+        eprintln!("reported as: {warn}");
+        let body = self.not_ready_because(&ts, "FAIL state: ");
+        let want = format!("tailscaled cannot write its state directory {state_s} (");
+        assert!(body.contains(&want) && body.contains(cause), "{body}");
+        assert!(self.lab.try_wait(&ts).is_none(), "tsbridge exited");
+        ts
+    }
+
     /// Waits for a log line of `p` holding every one of `words`; the line.
     fn log_line(&self, p: &Proc, words: &[&str]) -> String {
         wait_until(Duration::from_secs(30), "the log line", || {
@@ -367,8 +389,7 @@ fn read_only_state_dir_is_a_clear_error_not_a_crash_loop() {
     let w = World::new();
     let dir = w.node.state_dir().with_file_name("ro-state");
     let ro = Tmpfs::mount(&dir, "ro,size=64k");
-    let state = dir.join("state");
-    let state_s = state.display().to_string();
+    let state_s = dir.join("state").display().to_string();
     let ts = w
         .lab
         .start_tsbridge(
@@ -401,25 +422,7 @@ fn read_only_state_dir_is_a_clear_error_not_a_crash_loop() {
     let state = dir.join("state");
     std::fs::create_dir_all(&state).unwrap();
     fs.remount_read_only();
-    let state_s = state.display().to_string();
-    let ts = w
-        .lab
-        .start_tsbridge(
-            &w.node,
-            &w.env(&[("TS_STATE_DIR", &state_s), ("TSBRIDGE_LISTEN", LISTEN)]),
-        )
-        .expect("start");
-    let warn = w.log_line(&ts, &["WARN", "in-memory state", &state_s]);
-    assert!(warn.contains("read-only file system"), "{warn}");
-    eprintln!("read-only state dir reported as: {warn}");
-    let body = w.not_ready_because(&ts, "FAIL state: ");
-    assert!(
-        body.contains(&format!(
-            "tailscaled cannot write its state directory {state_s} ("
-        )) && body.contains("read-only file system"),
-        "{body}"
-    );
-    assert!(w.lab.try_wait(&ts).is_none(), "tsbridge exited");
+    let ts = w.falls_back_to_memory(&state, "read-only file system");
     let st = w
         .lab
         .signal_and_wait(&ts, Signal::SIGTERM, Duration::from_secs(10));
@@ -441,29 +444,8 @@ fn full_state_dir_is_a_clear_error_not_a_crash_loop() {
     // Fill it: the write fails with ENOSPC once the tmpfs is full.
     let filler = std::fs::write(dir.join("filler"), vec![0u8; 128 * 1024]);
     assert!(filler.is_err(), "the tmpfs should be full");
-    let state_s = state.display().to_string();
-    let ts = w
-        .lab
-        .start_tsbridge(
-            &w.node,
-            &w.env(&[("TS_STATE_DIR", &state_s), ("TSBRIDGE_LISTEN", LISTEN)]),
-        )
-        .expect("start");
     let started = Instant::now();
-    let warn = w.log_line(&ts, &["WARN", "in-memory state", &state_s]);
-    assert!(warn.contains("no space left on device"), "{warn}");
-    eprintln!("full state dir reported as: {warn}");
-    let body = w.not_ready_because(&ts, "FAIL state: ");
-    assert!(
-        body.contains(&format!(
-            "tailscaled cannot write its state directory {state_s} ("
-        )) && body.contains("no space left on device"),
-        "{body}"
-    );
-    assert!(
-        w.lab.try_wait(&ts).is_none(),
-        "tsbridge exited on a full state dir"
-    );
+    let ts = w.falls_back_to_memory(&state, "no space left on device");
     // Backoff, not a tight loop: a handful of tailscaled starts since the start.
     let starts = w.lab.log(&ts).matches("tailscaled started").count();
     let secs = started.elapsed().as_secs() + 1;
