@@ -27,120 +27,75 @@ pub struct Setting {
 pub fn settings(cfg: &Config, env: &BTreeMap<String, String>) -> Vec<Setting> {
     // Empty counts as unset, as in the loader (TS_ROUTES excepted: empty means "none").
     let given = |v: &str| env.get(v).is_some_and(|x| !x.trim().is_empty());
-    let mut out = Vec::new();
-    let mut push = |var: &str, value: String, set: bool| {
-        out.push(Setting {
-            var: var.to_owned(),
-            value,
-            set,
-            from: None,
-        })
-    };
-
     let key = match &cfg.auth_key {
         None => String::new(),
         Some(AuthKey::Inline(s)) => s.to_string(),
         Some(AuthKey::File(p)) => format!("file:{}", p.display()),
     };
-    push("TS_AUTHKEY", key, cfg.auth_key.is_some());
-    push(
-        "TS_EXTRA_ARGS",
-        args(&cfg.extra_args),
-        given("TS_EXTRA_ARGS"),
-    );
-    push(
-        "TS_TAILSCALED_EXTRA_ARGS",
-        args(&cfg.tailscaled_extra_args),
-        given("TS_TAILSCALED_EXTRA_ARGS"),
-    );
-    push("TS_STATE_DIR", path(&cfg.state_dir), given("TS_STATE_DIR"));
-    push("TS_SOCKET", path(&cfg.socket), given("TS_SOCKET"));
-    push(
-        "TS_HOSTNAME",
-        cfg.hostname.clone().unwrap_or_default(),
-        cfg.hostname.is_some(),
-    );
-    push(
-        "TS_ROUTES",
-        cfg.routes.as_deref().map(cidrs).unwrap_or_default(),
-        cfg.routes.is_some(),
-    );
-    push(
-        "TS_ACCEPT_DNS",
-        cfg.accept_dns.unwrap_or(false).to_string(),
-        given("TS_ACCEPT_DNS"),
-    );
-    push(
-        "TS_AUTH_ONCE",
-        cfg.auth_once.to_string(),
-        given("TS_AUTH_ONCE"),
-    );
-    push("TS_USERSPACE", "false".into(), given("TS_USERSPACE"));
-    push(
-        "TSBRIDGE_LISTEN",
-        cfg.listen.map_or_else(|| "off".into(), |a| a.to_string()),
-        given("TSBRIDGE_LISTEN") || given("TS_LOCAL_ADDR_PORT"),
-    );
-    push(
-        "TS_ENABLE_HEALTH_CHECK",
-        cfg.enable_health_check.unwrap_or(true).to_string(),
-        cfg.enable_health_check.is_some(),
-    );
-    push(
-        "TS_ENABLE_METRICS",
-        cfg.enable_metrics.unwrap_or(true).to_string(),
-        cfg.enable_metrics.is_some(),
-    );
-    push(
-        "TSBRIDGE_LAB_SUBNETS",
-        cidrs(&cfg.lab_subnets),
-        given("TSBRIDGE_LAB_SUBNETS"),
-    );
-    push(
-        "TSBRIDGE_POD_CIDRS",
-        cidrs(&cfg.pod_cidrs),
-        given("TSBRIDGE_POD_CIDRS"),
-    );
-    push(
-        "TSBRIDGE_SERVICE_CIDRS",
-        cidrs(&cfg.service_cidrs),
-        given("TSBRIDGE_SERVICE_CIDRS"),
-    );
-    push(
-        "TSBRIDGE_SNAT",
-        cfg.snat.to_string(),
-        given("TSBRIDGE_SNAT"),
-    );
-    push(
-        "TSBRIDGE_MSS_CLAMP",
-        cfg.mss_clamp.to_string(),
-        given("TSBRIDGE_MSS_CLAMP"),
-    );
     let format = match cfg.log_format {
         LogFormat::Text => "text",
         LogFormat::Json => "json",
     };
-    push(
-        "TSBRIDGE_LOG_FORMAT",
-        format.into(),
-        given("TSBRIDGE_LOG_FORMAT"),
-    );
-    push(
-        "TSBRIDGE_LOG_LEVEL",
-        cfg.log_level.as_str().to_ascii_lowercase(),
-        given("TSBRIDGE_LOG_LEVEL"),
-    );
-    push(
-        "TSBRIDGE_TAILSCALED",
-        path(&cfg.tailscaled),
-        given("TSBRIDGE_TAILSCALED"),
-    );
-    push(
-        "TSBRIDGE_TAILSCALE",
-        path(&cfg.tailscale),
-        given("TSBRIDGE_TAILSCALE"),
-    );
-
+    let listen = cfg.listen.map_or_else(|| "off".into(), |a| a.to_string());
+    let on = |b: Option<bool>| b.unwrap_or(true).to_string();
+    // (variable, effective value, whether set when the variable's own presence does not say)
+    let rows: Vec<(&str, String, Option<bool>)> = vec![
+        ("TS_AUTHKEY", key, Some(cfg.auth_key.is_some())),
+        ("TS_EXTRA_ARGS", args(&cfg.extra_args), None),
+        (
+            "TS_TAILSCALED_EXTRA_ARGS",
+            args(&cfg.tailscaled_extra_args),
+            None,
+        ),
+        ("TS_STATE_DIR", path(&cfg.state_dir), None),
+        ("TS_SOCKET", path(&cfg.socket), None),
+        (
+            "TS_HOSTNAME",
+            cfg.hostname.clone().unwrap_or_default(),
+            None,
+        ),
+        (
+            "TS_ROUTES",
+            cfg.routes.as_deref().map(cidrs).unwrap_or_default(),
+            Some(cfg.routes.is_some()),
+        ),
+        (
+            "TS_ACCEPT_DNS",
+            cfg.accept_dns.unwrap_or(false).to_string(),
+            None,
+        ),
+        ("TS_AUTH_ONCE", cfg.auth_once.to_string(), None),
+        ("TS_USERSPACE", "false".into(), None),
+        (
+            "TSBRIDGE_LISTEN",
+            listen,
+            Some(given("TSBRIDGE_LISTEN") || given("TS_LOCAL_ADDR_PORT")),
+        ),
+        ("TS_ENABLE_HEALTH_CHECK", on(cfg.enable_health_check), None),
+        ("TS_ENABLE_METRICS", on(cfg.enable_metrics), None),
+        ("TSBRIDGE_LAB_SUBNETS", cidrs(&cfg.lab_subnets), None),
+        ("TSBRIDGE_POD_CIDRS", cidrs(&cfg.pod_cidrs), None),
+        ("TSBRIDGE_SERVICE_CIDRS", cidrs(&cfg.service_cidrs), None),
+        ("TSBRIDGE_SNAT", cfg.snat.to_string(), None),
+        ("TSBRIDGE_MSS_CLAMP", cfg.mss_clamp.to_string(), None),
+        ("TSBRIDGE_LOG_FORMAT", format.into(), None),
+        (
+            "TSBRIDGE_LOG_LEVEL",
+            cfg.log_level.as_str().to_ascii_lowercase(),
+            None,
+        ),
+        ("TSBRIDGE_TAILSCALED", path(&cfg.tailscaled), None),
+        ("TSBRIDGE_TAILSCALE", path(&cfg.tailscale), None),
+    ];
+    let mut out: Vec<Setting> = rows
+        .into_iter()
+        .map(|(var, value, set)| Setting {
+            var: var.to_owned(),
+            value,
+            set: set.unwrap_or_else(|| given(var)),
+            from: None,
+        })
+        .collect();
     for s in &mut out {
         s.from = match s.var.as_str() {
             "TS_AUTHKEY" if !given("TS_AUTHKEY") && given("TS_AUTH_KEY") => Some("TS_AUTH_KEY"),
