@@ -48,6 +48,7 @@
 
 mod container;
 mod control;
+mod dns;
 mod lab;
 mod netns;
 mod node;
@@ -61,9 +62,11 @@ use std::time::{Duration, Instant};
 
 pub use container::{Container, OFFICIAL_ENV};
 pub use control::{AuthKey, Control};
+pub use dns::dns_answers;
 pub use lab::{Host, Lab, Pod, Proc};
 pub use netns::{Ns, in_ns, ip, ipn, spawn_in, sweep};
 pub use proxy::{PROXY_PORT, Proxy};
+pub use node::http_get;
 pub use tailnet::{Peer, tailnet_addrs};
 pub use tools::{Tools, preflight};
 

@@ -13,6 +13,8 @@ pub struct Tools {
     /// containerboot, what the official Talos extension (siderolabs/tailscale) runs.
     /// Checked when a lab runs it ([`Tools::containerboot`]): `make lab` does not need it.
     containerboot: PathBuf,
+    /// The real CoreDNS (the lab's cluster DNS, `dns.rs`).
+    pub coredns: PathBuf,
     /// The tsbridge binary under test (tests pass `env!("CARGO_BIN_EXE_tsbridge")`).
     pub tsbridge: PathBuf,
 }
@@ -43,6 +45,7 @@ impl Tools {
             tailscaled: tool("tailscaled")?,
             headscale: tool("headscale")?,
             containerboot: bin.join("containerboot"),
+            coredns: tool("coredns")?,
             tsbridge,
         })
     }
