@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds (stripped, CGO_ENABLED=0) the real Go counterparts at the versions pinned in versions.env into .tools/bin:
-# tailscale, tailscaled (tailscale.com) and headscale. Builds are cached per version in
-# $TSBRIDGE_CACHE, so the second run (and CI on the same machine) only copies.
+# tailscale, tailscaled (tailscale.com), containerboot (what the official Talos extension
+# runs: the lab's migration tests and the benchmarks), coredns (the lab's cluster DNS) and
+# headscale. Builds are cached per version in $TSBRIDGE_CACHE, so the second run (and CI on
+# the same machine) only copies.
 . "$(dirname "$0")/lib.sh"
 
 # install NAME MODULE_PATH VERSION
@@ -26,6 +28,9 @@ if [ "${1:-}" = tailscale ]; then
   log "tools ready in $TOOLS_BIN: tailscale tailscaled"
   exit 0
 fi
+
+install_tool containerboot tailscale.com/cmd/containerboot "$TAILSCALE_VERSION"
+install_tool coredns github.com/coredns/coredns "$COREDNS_VERSION"
 
 # headscale: built from scripts/tools/headscale/go.mod (see the comment there for why not
 # `go install`); the version there must match versions.env.

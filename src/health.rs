@@ -134,6 +134,8 @@ impl Health {
             config_problems: g.config_problems.clone(),
             backend: status.backend,
             tailnet_addrs: status.addrs.len(),
+            tailscaled_problem: status.problem.clone(),
+            state_store: status.state_store.clone(),
             reconciled: g.reconciled.clone(),
             pod_path: g.pod_path.clone(),
             pod_path_required: g.pod_path_required,
@@ -199,6 +201,10 @@ pub struct Snapshot {
     pub config_problems: Vec<String>,
     pub backend: BackendState,
     pub tailnet_addrs: usize,
+    /// Why the node is off the tailnet, when the join side or the supervisor knows.
+    pub tailscaled_problem: Option<String>,
+    /// tailscaled runs on in-memory state: why (see `status::state_store_problem`).
+    pub state_store: Option<String>,
     pub reconciled: Check,
     pub pod_path: Check,
     pub pod_path_required: bool,
@@ -239,16 +245,28 @@ pub fn readiness(s: &Snapshot) -> (bool, Vec<Part>) {
         detail: "valid".into(),
     }];
     let running = s.backend == BackendState::Running && s.tailnet_addrs > 0;
+    let mut detail = match (s.backend, s.tailnet_addrs) {
+        (BackendState::Running, 0) => "Running, but no tailnet address yet".into(),
+        (BackendState::Running, n) => format!("Running with {n} tailnet addresses"),
+        (BackendState::Down, _) => "not running or LocalAPI unreachable".to_owned(),
+        (b, _) => format!("backend state {} (want Running)", b.name()),
+    };
+    if let (false, Some(p)) = (running, &s.tailscaled_problem) {
+        detail.push_str(": ");
+        detail.push_str(p);
+    }
     parts.push(Part {
         name: "tailscaled",
         ok: running,
-        detail: match (s.backend, s.tailnet_addrs) {
-            (BackendState::Running, 0) => "Running, but no tailnet address yet".into(),
-            (BackendState::Running, n) => format!("Running with {n} tailnet addresses"),
-            (BackendState::Down, _) => "not running or LocalAPI unreachable".into(),
-            (b, _) => format!("backend state {} (want Running)", b.name()),
-        },
+        detail,
     });
+    if let Some(p) = &s.state_store {
+        parts.push(Part {
+            name: "state",
+            ok: false,
+            detail: p.clone(),
+        });
+    }
     parts.push(check_part(
         "reconciled",
         &s.reconciled,
@@ -296,6 +314,8 @@ mod tests {
             config_problems: vec![],
             backend: BackendState::Running,
             tailnet_addrs: 2,
+            tailscaled_problem: None,
+            state_store: None,
             reconciled: Check::Ok("in sync".into()),
             pod_path: Check::Ok("10.244.0.2 -> 100.64.0.2 via tailscale0".into()),
             pod_path_required: true,
@@ -343,6 +363,30 @@ mod tests {
         // Without SNAT the pod path is not part of readiness.
         s.pod_path_required = false;
         assert!(readiness(&s).0);
+    }
+
+    #[test]
+    fn in_memory_state_fails_readiness_with_its_cause() {
+        let mut s = ready_snapshot();
+        s.state_store = Some("tailscaled cannot write its state directory /s (read-only file system) and runs on in-memory state".into());
+        let (ok, parts) = readiness(&s);
+        assert!(!ok);
+        let body = render_readiness(ok, &parts);
+        assert!(
+            body.contains(
+                "FAIL state: tailscaled cannot write its state directory /s (read-only file system)"
+            ),
+            "{body}"
+        );
+        // Why tailscaled is not running, when known, is on its line.
+        let mut s = ready_snapshot();
+        s.backend = BackendState::Down;
+        s.tailscaled_problem = Some(
+            "cannot start tailscaled: preparing /s: Read-only file system (os error 30)".into(),
+        );
+        let body = render_readiness(false, &readiness(&s).1);
+        assert!(body.contains("FAIL tailscaled: not running or LocalAPI unreachable: cannot start tailscaled: preparing /s: Read-only"), "{body}");
+        assert!(!body.contains("FAIL state"), "{body}");
     }
 
     #[test]

@@ -354,6 +354,15 @@ impl Tmpfs {
         assert!(st.success(), "mount a tmpfs ({opts}) on {}", dir.display());
         Tmpfs(dir.to_path_buf())
     }
+
+    fn remount_read_only(&self) {
+        let st = std::process::Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(st.success(), "remount {} read-only", self.0.display());
+    }
 }
 
 impl Drop for Tmpfs {
@@ -362,41 +371,132 @@ impl Drop for Tmpfs {
     }
 }
 
-/// A read-only state directory: a clear error naming it, tsbridge stays up (degraded, no
-/// crash loop of its own) and exits cleanly on SIGTERM.
+/// tsbridge's health listener on a lab node (the lab's default environment has none).
+const LISTEN: &str = "127.0.0.1:9002";
+
+impl World {
+    /// Waits for a 503 `/readyz` whose body contains `want`; the body.
+    fn not_ready_because(&self, p: &Proc, want: &str) -> String {
+        let mut last = String::new();
+        let r = wait_until(Duration::from_secs(30), "/readyz to name the cause", || {
+            Ok(
+                match tsbridge_lab::http_get(&self.node.ns, LISTEN.parse().unwrap(), "/readyz") {
+                    Some((503, body)) if body.contains(want) => Some(body),
+                    Some((_, body)) => {
+                        last = body;
+                        None
+                    }
+                    None => None,
+                },
+            )
+        });
+        r.unwrap_or_else(|e| {
+            panic!(
+                "{e}; want {want:?}; last /readyz:\n{last}\n{}",
+                tsbridge_lab::tail(&self.lab.log(p), 30)
+            )
+        })
+    }
+
+    /// Starts tsbridge on the state directory `state`, which tailscaled cannot write:
+    /// waits for the WARN naming the directory and `cause`, then for `/readyz` to fail with
+    /// that reason. The running tsbridge.
+    fn falls_back_to_memory(&self, state: &std::path::Path, cause: &str) -> Proc {
+        let state_s = state.display().to_string();
+        let ts = self
+            .lab
+            .start_tsbridge(
+                &self.node,
+                &self.env(&[("TS_STATE_DIR", &state_s), ("TSBRIDGE_LISTEN", LISTEN)]),
+            )
+            .expect("start");
+        let warn = self.log_line(&ts, &["WARN", "in-memory state", &state_s]);
+        assert!(warn.contains(cause), "{warn}");
+        eprintln!("reported as: {warn}");
+        let body = self.not_ready_because(&ts, "FAIL state: ");
+        let want = format!("tailscaled cannot write its state directory {state_s} (");
+        assert!(body.contains(&want) && body.contains(cause), "{body}");
+        assert!(self.lab.try_wait(&ts).is_none(), "tsbridge exited");
+        ts
+    }
+
+    /// Waits for a log line of `p` holding every one of `words`; the line.
+    fn log_line(&self, p: &Proc, words: &[&str]) -> String {
+        wait_until(Duration::from_secs(30), "the log line", || {
+            Ok(self
+                .lab
+                .log(p)
+                .lines()
+                .find(|l| words.iter().all(|w| l.contains(w)))
+                .map(str::to_owned))
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}: no line with {words:?}\n{}",
+                tsbridge_lab::tail(&self.lab.log(p), 40)
+            )
+        })
+    }
+}
+
+/// A read-only state directory, both ways it happens:
+/// - its parent is read-only and it does not exist: tsbridge cannot create it and says so,
+///   naming it, without a tight restart loop; `/readyz` carries the cause;
+/// - it exists but is read-only (a node whose state mount went read-only): tailscaled
+///   cannot create its state file and falls back to in-memory state. tsbridge logs a WARN
+///   naming the directory and the cause, and `/readyz` fails with that reason (a node on
+///   in-memory state would lose its identity at the next restart).
+///
+/// Either way tsbridge stays up (no crash loop of its own) and exits cleanly on SIGTERM.
 #[test]
 fn read_only_state_dir_is_a_clear_error_not_a_crash_loop() {
     let w = World::new();
     let dir = w.node.state_dir().with_file_name("ro-state");
-    let _u = Tmpfs::mount(&dir, "ro,size=64k");
-    let state = dir.join("state");
-    let state_s = state.display().to_string();
+    let ro = Tmpfs::mount(&dir, "ro,size=64k");
+    let state_s = dir.join("state").display().to_string();
     let ts = w
         .lab
-        .start_tsbridge(&w.node, &w.env(&[("TS_STATE_DIR", &state_s)]))
+        .start_tsbridge(
+            &w.node,
+            &w.env(&[("TS_STATE_DIR", &state_s), ("TSBRIDGE_LISTEN", LISTEN)]),
+        )
         .expect("start");
-    std::thread::sleep(Duration::from_secs(5));
+    let started = Instant::now();
+    let line = w.log_line(&ts, &["cannot start tailscaled", &state_s]);
+    assert!(line.to_lowercase().contains("read-only"), "{line}");
+    let body = w.not_ready_because(&ts, &state_s);
     assert!(
-        w.lab.try_wait(&ts).is_none(),
-        "tsbridge exited on a read-only state dir"
+        body.contains("FAIL tailscaled: not running") && body.to_lowercase().contains("read-only"),
+        "{body}"
     );
-    let log = w.lab.log(&ts);
-    assert!(
-        log.contains(&state_s) && log.to_lowercase().contains("read-only"),
-        "no clear error naming the state directory:\n{}",
-        tsbridge_lab::tail(&log, 30)
-    );
-    // Backoff, not a tight loop: a handful of attempts in 5 s.
-    let attempts = log.matches("cannot start tailscaled").count();
-    assert!(attempts <= 5, "{attempts} attempts in 5 s");
+    // Backoff, not a tight loop: a handful of attempts since the start.
+    let attempts = w.lab.log(&ts).matches("cannot start tailscaled").count();
+    let secs = started.elapsed().as_secs() + 1;
+    assert!(attempts <= secs as usize, "{attempts} attempts in {secs} s");
+    assert!(w.lab.try_wait(&ts).is_none(), "tsbridge exited");
     let st = w
         .lab
         .signal_and_wait(&ts, Signal::SIGTERM, Duration::from_secs(5));
     assert!(st.is_some_and(|s| s.success()), "{st:?}");
+    drop(ro);
+
+    // The directory exists, read-only: tailscaled starts and falls back to memory.
+    let dir = w.node.state_dir().with_file_name("ro-existing");
+    let fs = Tmpfs::mount(&dir, "size=64k,mode=0700");
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    fs.remount_read_only();
+    let ts = w.falls_back_to_memory(&state, "read-only file system");
+    let st = w
+        .lab
+        .signal_and_wait(&ts, Signal::SIGTERM, Duration::from_secs(10));
+    assert!(st.is_some_and(|s| s.success()), "{st:?}");
 }
 
-/// A full state directory (a small tmpfs filled up before tailscaled starts): tsbridge
-/// names the problem, stays up without a tight restart loop, and exits cleanly on SIGTERM.
+/// A full state directory (a small tmpfs filled up before tailscaled starts): tailscaled
+/// cannot create its state file and falls back to in-memory state. tsbridge logs a WARN
+/// naming the directory and the cause, `/readyz` fails with that reason, there is no tight
+/// restart loop, and SIGTERM exits cleanly.
 #[test]
 fn full_state_dir_is_a_clear_error_not_a_crash_loop() {
     let w = World::new();
@@ -407,33 +507,15 @@ fn full_state_dir_is_a_clear_error_not_a_crash_loop() {
     // Fill it: the write fails with ENOSPC once the tmpfs is full.
     let filler = std::fs::write(dir.join("filler"), vec![0u8; 128 * 1024]);
     assert!(filler.is_err(), "the tmpfs should be full");
-    let state_s = state.display().to_string();
-    let ts = w
-        .lab
-        .start_tsbridge(&w.node, &w.env(&[("TS_STATE_DIR", &state_s)]))
-        .expect("start");
-    std::thread::sleep(Duration::from_secs(8));
+    let started = Instant::now();
+    let ts = w.falls_back_to_memory(&state, "no space left on device");
+    // Backoff, not a tight loop: a handful of tailscaled starts since the start.
+    let starts = w.lab.log(&ts).matches("tailscaled started").count();
+    let secs = started.elapsed().as_secs() + 1;
     assert!(
-        w.lab.try_wait(&ts).is_none(),
-        "tsbridge exited on a full state dir"
+        starts <= 1 + secs as usize / 2,
+        "{starts} tailscaled starts in {secs} s"
     );
-    let log = w.lab.log(&ts);
-    let lower = log.to_lowercase();
-    assert!(
-        lower.contains("no space left on device"),
-        "no clear error about the full state directory:\n{}",
-        tsbridge_lab::tail(&log, 40)
-    );
-    for line in log
-        .lines()
-        .filter(|l| l.to_lowercase().contains("no space left"))
-        .take(3)
-    {
-        eprintln!("full state dir reported as: {line}");
-    }
-    // Backoff, not a tight loop: a handful of tailscaled starts in 8 s.
-    let starts = log.matches("tailscaled started").count();
-    assert!(starts <= 5, "{starts} tailscaled starts in 8 s");
     let st = w
         .lab
         .signal_and_wait(&ts, Signal::SIGTERM, Duration::from_secs(10));

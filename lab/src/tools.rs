@@ -10,6 +10,11 @@ pub struct Tools {
     pub tailscale: PathBuf,
     pub tailscaled: PathBuf,
     pub headscale: PathBuf,
+    /// containerboot, what the official Talos extension (siderolabs/tailscale) runs.
+    /// Checked when a lab runs it ([`Tools::containerboot`]): `make lab` does not need it.
+    containerboot: PathBuf,
+    /// The real CoreDNS (the lab's cluster DNS, `dns.rs`).
+    pub coredns: PathBuf,
     /// The tsbridge binary under test (tests pass `env!("CARGO_BIN_EXE_tsbridge")`).
     pub tsbridge: PathBuf,
 }
@@ -23,17 +28,7 @@ impl Tools {
             .map(PathBuf::from)
             .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/bin"));
         let bin = bin.canonicalize().unwrap_or(bin);
-        let tool = |name: &str| -> Result<PathBuf> {
-            let p = bin.join(name);
-            if p.is_file() {
-                Ok(p)
-            } else {
-                err(format!(
-                    "{} is missing: run `make tools` (or scripts/setup.sh) first",
-                    p.display()
-                ))
-            }
-        };
+        let tool = |name: &str| built(bin.join(name));
         let tsbridge = tsbridge.into();
         if !tsbridge.is_file() {
             return err(format!("tsbridge binary {} is missing", tsbridge.display()));
@@ -49,12 +44,33 @@ impl Tools {
             tailscale: tool("tailscale")?,
             tailscaled: tool("tailscaled")?,
             headscale: tool("headscale")?,
+            containerboot: bin.join("containerboot"),
+            coredns: tool("coredns")?,
             tsbridge,
         })
     }
 }
 
-fn which(cmd: &str) -> Option<PathBuf> {
+impl Tools {
+    /// containerboot's path; an error naming the command that builds it when missing.
+    pub fn containerboot(&self) -> Result<PathBuf> {
+        built(self.containerboot.clone())
+    }
+}
+
+/// `p` if it is there, else an error naming the command that builds the pinned tools.
+fn built(p: PathBuf) -> Result<PathBuf> {
+    if p.is_file() {
+        Ok(p)
+    } else {
+        err(format!(
+            "{} is missing: run `make tools` (or scripts/setup.sh) first",
+            p.display()
+        ))
+    }
+}
+
+pub(crate) fn which(cmd: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/sbin".into()])

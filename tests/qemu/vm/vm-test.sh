@@ -323,6 +323,7 @@ check restart "killed with SIGKILL, restarted (restart: always), state adopted b
 # ------------------------------------- config change: stop, new config without key, start
 stop_runner
 ms=$STOP_MS
+svc_s=$(sed -n 's/.*task exited \([0-9.]*\) s after SIGTERM.*/\1/p' "$RUNNER_LOG" | tail -n 1)
 write_config "" repeated
 grep -q TS_AUTHKEY "$MC" && fail identity "the new config still has the key"
 log_lines=$(wc -l </var/log/ext-tailscale.log)
@@ -343,13 +344,25 @@ nodes=$(echo "$list" | tr -d ' \n' | grep -o '"given_name":"node1[^"]*"' | wc -l
 wait_for 60 in_ns pod ping -c1 -W2 "$PEER_IP" || fail identity "the pod cannot reach the peer after the restart"
 tail -n +"$((log_lines + 1))" /var/log/ext-tailscale.log | grep -q ' INFO ' ||
   fail identity "no INFO lines with TSBRIDGE_LOG_LEVEL=warn then =info: the first value won"
-check identity "after stop (${ms} ms), new ExtensionServiceConfig without TS_AUTHKEY, start: still node1 = $NODE_IP, pod reaches the peer; a repeated variable: last value wins"
+check identity "after stop (service exited ${svc_s} s after SIGTERM, runner ${ms} ms), new ExtensionServiceConfig without TS_AUTHKEY, start: still node1 = $NODE_IP, pod reaches the peer; a repeated variable: last value wins"
 
 # --------------------------------------- poweroff: Talos stops services, then powers off
+# The runner stops the service as Talos does: SIGTERM to every process of the container at
+# once (tailscaled too), so tailscaled exits while tsbridge tears down.
+log_lines=$(wc -l </var/log/ext-tailscale.log)
 stop_runner
 ms=$STOP_MS
 grep -q 'Sending SIGKILL to task ext-tailscale' "$RUNNER_LOG" && fail poweroff "the service needed SIGKILL"
 [ "$ms" -lt 10000 ] || fail poweroff "stopping took ${ms} ms"
+stop_log=$(tail -n +"$((log_lines + 1))" /var/log/ext-tailscale.log)
+echo "$stop_log" | grep -q 'shutting down' || fail poweroff "tsbridge logged no shutdown: $stop_log"
+echo "$stop_log" | grep -E 'restarting|tailscaled started' &&
+  fail poweroff "tailscaled was restarted during the stop"
+exited=$(sed -n 's/.*task exited \([0-9.]*\) s after SIGTERM to \([0-9]*\) processes.*/\1 \2/p' "$RUNNER_LOG" | tail -n 1)
+exit_s=${exited% *} exit_n=${exited#* }
+[ -n "$exited" ] && [ "$exit_n" -ge 2 ] ||
+  fail poweroff "SIGTERM went to ${exit_n:-no} processes, not to tsbridge and tailscaled: '$exited'"
+awk -v t="$exit_s" 'BEGIN { exit !(t < 2) }' || fail poweroff "the service took $exit_s s to exit after SIGTERM (limit 2 s)"
 left=""
 for p in /proc/[0-9]*; do
   [ "$(readlink $p/ns/net)" = "$(readlink /proc/1/ns/net)" ] || continue
@@ -360,5 +373,5 @@ rules=$($IP rule; $IP -6 rule)
 echo "$rules" | grep -q 'proto 116' && fail poweroff "tsbridge rules left: $(echo "$rules" | grep 'proto 116')"
 $NFT list table inet tsbridge >/dev/null 2>&1 && fail poweroff "table inet tsbridge left"
 grep -q /usr/local/lib/containers/tailscale /proc/mounts && fail poweroff "the service's rootfs is still mounted"
-check poweroff "the service stopped ${ms} ms after SIGTERM, no tsbridge process, rule or nft table left"
+check poweroff "SIGTERM to all $exit_n processes, exited after $exit_s s (runner: ${ms} ms), no restart, no tsbridge process, rule or nft table left"
 echo "QEMU-TEST: all checks passed"
