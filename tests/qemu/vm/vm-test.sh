@@ -303,9 +303,13 @@ n=$($NFT list table inet tsbridge | grep -c -E 'masquerade|maxseg')
 check restart "killed with SIGKILL, restarted (restart: always), same address, pod reaches the peer, no duplicate rules"
 
 # ------------------------------------- config change: stop, new config without key, start
+log_lines=$(wc -l </var/log/ext-tailscale.log)
 stop_runner
 ms=$STOP_MS
 svc_s=$(sed -n 's/.*task exited \([0-9.]*\) s after SIGTERM.*/\1/p' "$RUNNER_LOG" | tail -n 1)
+# For the record (the console): how this stop went, in tsbridge's own words.
+tail -n +"$((log_lines + 1))" /var/log/ext-tailscale.log |
+  awk '!/source="tailscaled"/ || /got signal|flushing log/ { print "identity stop: " $0 }'
 write_config "" repeated
 grep -q TS_AUTHKEY "$MC" && fail identity "the new config still has the key"
 log_lines=$(wc -l </var/log/ext-tailscale.log)
