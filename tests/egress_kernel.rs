@@ -781,3 +781,49 @@ fn notifications_report_changes_and_overruns() {
         });
     });
 }
+
+/// The hole of `to <CIDR> lookup main` guards: when `main` has no route for a guarded
+/// destination (another node's pods on a node without a default route, a service address
+/// before kube-proxy), the kernel goes on to the next rule, and tailscale's 5270 sends the
+/// packet into tailscale0 by whatever table 52 holds (here an exit node's default route).
+/// A guarded destination must never reach table 52, whatever `main` holds.
+#[test]
+fn guarded_destinations_never_reach_table_52_whatever_main_holds() {
+    require_tools();
+    let l = lab();
+    l.node.sh("ip route del default
+         ip route add default dev tailscale0 table 52
+         ip -6 route add default dev tailscale0 table 52");
+    reconcile_in(&l.node, cfg(true, true));
+    // (destination, from the node itself or forwarded from the pod)
+    for (dst, forwarded) in [
+        ("10.244.2.5", false),
+        ("10.244.2.5", true),
+        ("10.96.0.1", false),
+        ("10.96.0.1", true),
+        ("fd00:10:244:2::5", true),
+    ] {
+        let cmd = if forwarded {
+            let src = if dst.contains(':') {
+                "fd00:10:244:1::2"
+            } else {
+                "10.244.1.2"
+            };
+            format!("ip route get {dst} from {src} iif veth-pod")
+        } else {
+            format!("ip route get {dst}")
+        };
+        let got = l.node.try_sh(&format!("{cmd} 2>&1")).unwrap_or_default();
+        assert!(
+            !got.contains("tailscale0"),
+            "`{cmd}` reached table 52: {got}"
+        );
+    }
+    // Unguarded destinations still follow tailscale's rules (the exit node).
+    let other = l.node.sh("ip route get 203.0.113.9");
+    assert!(other.contains("dev tailscale0"), "{other}");
+    // With a route in main the guarded destination takes it.
+    l.node.sh("ip route add 10.244.2.0/24 via 192.168.77.1 dev lab0");
+    let got = l.node.sh("ip route get 10.244.2.5");
+    assert!(got.contains("dev lab0"), "{got}");
+}
