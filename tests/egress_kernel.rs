@@ -278,6 +278,10 @@ fn pod_connect(pod: &Netns, to: &str) -> Result<(), String> {
     })
 }
 
+fn ns_rules(ns: &Netns) -> String {
+    ns.sh("ip rule; ip -6 rule")
+}
+
 fn reconcile_in(ns: &Netns, c: EgressConfig) -> plan::Changes {
     ns.run(move || {
         let mut k = Netlink::new().expect("netlink");
@@ -290,13 +294,14 @@ fn installs_rules_and_table_idempotently_and_tears_down_only_its_own() {
     require_tools();
     let l = lab();
     let ch = reconcile_in(&l.node, cfg(true, true));
-    assert_eq!(ch.add_rules.len(), 4);
+    assert_eq!(ch.add_rules.len(), 6);
     let rules = l.node.sh("ip rule; ip -6 rule");
     for want in [
-        "5100:\tfrom all to 192.168.77.0/24 lookup main proto 116",
-        "5110:\tfrom all to 10.244.0.0/16 lookup main proto 116",
-        "5120:\tfrom all to 10.96.0.0/12 lookup main proto 116",
-        "5110:\tfrom all to fd00:10:244::/56 lookup main proto 116",
+        "5100:\tfrom all to 192.168.77.0/24 goto 5300 proto 116",
+        "5110:\tfrom all to 10.244.0.0/16 goto 5300 proto 116",
+        "5120:\tfrom all to 10.96.0.0/12 goto 5300 proto 116",
+        "5300:\tfrom all nop proto 116",
+        "5110:\tfrom all to fd00:10:244::/56 goto 5300 proto 116",
         "5270:\tfrom all lookup 52",
     ] {
         assert!(rules.contains(want), "missing {want:?} in\n{rules}");
@@ -350,7 +355,8 @@ fn installs_rules_and_table_idempotently_and_tears_down_only_its_own() {
     // A second instance (a restart) adopts: nothing to do, nothing duplicated.
     let ch = reconcile_in(&l.node, cfg(true, true));
     assert!(ch.is_empty(), "{ch:?}");
-    assert_eq!(l.node.sh("ip rule | grep -c 'proto 116'").trim(), "3");
+    assert_eq!(l.node.sh("ip rule | grep -c 'proto 116'").trim(), "4");
+    assert!(!l.node.sh("ip rule; ip -6 rule").contains("unresolved"));
     assert_eq!(
         l.node
             .sh("nft -a list table inet tsbridge | grep -c comment")
@@ -545,16 +551,22 @@ fn event_driven_repair_and_teardown_on_shutdown() {
     let t_nft_rule = time_until(Duration::from_secs(5), || has_table(&l.node));
     // Someone deletes one policy rule.
     l.node
-        .sh("ip rule del pref 5110 to 10.244.0.0/16 lookup main");
+        .sh("ip rule del pref 5110 to 10.244.0.0/16 goto 5300");
     let has_rule = |ns: &Netns| {
         ns.sh("ip rule")
-            .contains("5110:\tfrom all to 10.244.0.0/16 lookup main proto 116")
+            .contains("5110:\tfrom all to 10.244.0.0/16 goto 5300 proto 116")
     };
     let t_rule = time_until(Duration::from_secs(5), || has_rule(&l.node));
+    // Someone deletes the anchor: the guards are unresolved (skipped) until it is back.
+    l.node.sh("ip rule del pref 5300 nop");
+    let t_anchor = time_until(Duration::from_secs(5), || {
+        let r = ns_rules(&l.node);
+        r.contains("5300:\tfrom all nop proto 116") && !r.contains("unresolved")
+    });
     quiet("the repairs");
     eprintln!(
-        "repair times: nft table {:?}, nft rule {:?}, policy rule {:?}",
-        t_table, t_nft_rule, t_rule
+        "repair times: nft table {:?}, nft rule {:?}, policy rule {:?}, anchor {:?}",
+        t_table, t_nft_rule, t_rule, t_anchor
     );
     // A tailscaled restart (new generation) flushes tailscale's rules, never ours.
     status_tx.send_modify(|s| s.tailscaled_generation += 1);
@@ -563,7 +575,7 @@ fn event_driven_repair_and_teardown_on_shutdown() {
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(
         l.node.sh("ip rule | grep -c 'proto 116'").trim(),
-        "3",
+        "4",
         "no duplicates"
     );
     assert_eq!(
@@ -573,7 +585,7 @@ fn event_driven_repair_and_teardown_on_shutdown() {
         "4"
     );
     let h = health.borrow().clone();
-    assert!(h.repairs >= 4, "{h:?}");
+    assert!(h.repairs >= 5, "{h:?}");
     assert_eq!(h.tailscaled_generation, 1);
 
     stop.cancel();
@@ -695,22 +707,22 @@ fn daemon_adopts_after_kill_9_and_cleans_up_on_sigterm() {
         (rules, nft)
     };
     let mut d = start_daemon(&l.node, &[], &log_path(&l.node, 10));
-    time_until(Duration::from_secs(10), || count(&l.node) == (4, 4));
+    time_until(Duration::from_secs(10), || count(&l.node) == (6, 4));
     // kill -9: no teardown, the state stays (pods keep working while it restarts).
     d.kill().unwrap();
     d.wait().unwrap();
-    assert_eq!(count(&l.node), (4, 4));
+    assert_eq!(count(&l.node), (6, 4));
     let mut d = start_daemon(&l.node, &[], &log_path(&l.node, 11));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         count(&l.node),
-        (4, 4),
+        (6, 4),
         "a restart must adopt, not duplicate"
     );
     assert!(d.try_wait().unwrap().is_none(), "tsbridge exited");
     // It still repairs.
     l.node.sh("nft delete table inet tsbridge");
-    time_until(Duration::from_secs(5), || count(&l.node) == (4, 4));
+    time_until(Duration::from_secs(5), || count(&l.node) == (6, 4));
     // SIGTERM: ours gone, the tailscale-like rule stays.
     stop(d);
     assert_eq!(count(&l.node), (0, 0));
@@ -823,7 +835,46 @@ fn guarded_destinations_never_reach_table_52_whatever_main_holds() {
     let other = l.node.sh("ip route get 203.0.113.9");
     assert!(other.contains("dev tailscale0"), "{other}");
     // With a route in main the guarded destination takes it.
-    l.node.sh("ip route add 10.244.2.0/24 via 192.168.77.1 dev lab0");
+    l.node
+        .sh("ip route add 10.244.2.0/24 via 192.168.77.1 dev lab0");
     let got = l.node.sh("ip route get 10.244.2.5");
     assert!(got.contains("dev lab0"), "{got}");
+}
+
+/// An upgrade: the rules an older tsbridge left (`to <CIDR> lookup main` at 5100-5120)
+/// are replaced by the new shape, and the destination is guarded at every moment.
+#[test]
+fn upgrade_replaces_lookup_main_guards_with_the_goto_shape() {
+    require_tools();
+    let l = lab();
+    l.node.sh(
+        "ip rule add pref 5100 to 192.168.77.0/24 lookup main proto 116
+         ip rule add pref 5110 to 10.244.0.0/16 lookup main proto 116
+         ip rule add pref 5120 to 10.96.0.0/12 lookup main proto 116
+         ip -6 rule add pref 5110 to fd00:10:244::/56 lookup main proto 116",
+    );
+    let ch = reconcile_in(&l.node, cfg(true, true));
+    assert_eq!((ch.add_rules.len(), ch.del_rules.len()), (6, 4), "{ch:?}");
+    let rules = ns_rules(&l.node);
+    assert!(!rules.contains("lookup main proto 116"), "{rules}");
+    assert_eq!(rules.matches("proto 116").count(), 6, "{rules}");
+    assert_eq!(rules.matches("goto 5300 proto 116").count(), 4, "{rules}");
+    assert!(!rules.contains("unresolved"), "{rules}");
+    assert!(reconcile_in(&l.node, cfg(true, true)).is_empty());
+    // The same through the daemon, which also removes everything on SIGTERM.
+    l.node.run(|| {
+        let mut k = Netlink::new().unwrap();
+        reconcile::teardown(&mut k).unwrap();
+    });
+    l.node
+        .sh("ip rule add pref 5110 to 10.244.0.0/16 lookup main proto 116");
+    let d = start_daemon(&l.node, &[], &log_path(&l.node, 20));
+    time_until(Duration::from_secs(10), || {
+        let r = ns_rules(&l.node);
+        !r.contains("lookup main proto 116") && r.matches("proto 116").count() == 6
+    });
+    stop(d);
+    assert!(!ns_rules(&l.node).contains("proto 116"));
+    let _ = std::fs::remove_file(log_path(&l.node, 20));
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-state", l.node.0)));
 }

@@ -300,7 +300,7 @@ impl Drop for Monitor {
 
 /// 4 policy rules (lab subnet, two pod CIDRs, service CIDR) and 4 nft rules (two
 /// masquerades, two clamps).
-const OWNED: (usize, usize) = (4, 4);
+const OWNED: (usize, usize) = (6, 4);
 
 /// Tests 1-4: by address (v4, v6), bulk both ways with the MSS clamp, by MagicDNS name.
 #[test]
@@ -411,7 +411,7 @@ fn repairs_deletions_and_survives_a_tailscaled_crash() {
     ))
     .expect("delete nft rule");
     let t_nft_rule = w.wait_owned(OWNED, &ts);
-    w.node_sh("ip rule del pref 5110 to 10.244.0.0/16 lookup main")
+    w.node_sh("ip rule del pref 5110 to 10.244.0.0/16 goto 5300")
         .expect("delete rule");
     let t_rule = w.wait_owned(OWNED, &ts);
     eprintln!(
@@ -489,13 +489,15 @@ fn accepted_route_over_the_lab_subnet_does_not_capture_it() {
         .ping(&w.node.ns, IpAddr::V4(w.control.host.lan_addr), 1)
         .expect("node reaches the lab");
     // Without the guard it would be captured: tailscale's `from all lookup 52` comes
-    // before main, and table 52 holds the lab route (checked above).
+    // before main, and table 52 holds the lab route (checked above); the guard jumps
+    // over it.
     let rules = w.node_sh("ip rule").unwrap();
     assert!(rules.contains("5270:\tfrom all lookup 52"), "{rules}");
     assert!(
-        rules.contains("5100:\tfrom all to 192.168.77.0/24 lookup main proto 116"),
+        rules.contains("5100:\tfrom all to 192.168.77.0/24 goto 5300 proto 116"),
         "{rules}"
     );
+    assert!(rules.contains("5300:\tfrom all nop proto 116"), "{rules}");
 }
 
 fn approve(w: &World, hostname: &str, routes: &str) {

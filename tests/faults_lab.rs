@@ -13,7 +13,7 @@ use tsbridge_lab::procfs::{cpu_ms, status_kib};
 use tsbridge_lab::{Control, Host, Lab, Pod, Proc, Tools, wait_until};
 
 /// 4 policy rules (lab subnet, two pod CIDRs, service CIDR) and 4 nft rules.
-const OWNED: (usize, usize) = (4, 4);
+const OWNED: (usize, usize) = (6, 4);
 
 fn count(var: &str, default: usize) -> usize {
     std::env::var(var)
