@@ -13,8 +13,9 @@ done
 
 # Debian packages: iproute2 and iputils-ping (lab namespaces), nftables (tests inspect state with `nft`;
 # tsbridge itself never runs it), file (static-binary check), iperf3 (benchmarks),
-# skopeo (reads the OCI archive), qemu-system-x86 (QEMU test).
-PKGS=(iproute2 iputils-ping nftables file iperf3 skopeo qemu-system-x86 cpio dpkg-dev)
+# skopeo (reads the OCI archive), qemu-system-x86 (QEMU test), wireguard-tools (`wg`, configures
+# the userspace WireGuard of the KubeSpan lab test) and tcpdump (its capture on the lab link).
+PKGS=(iproute2 iputils-ping nftables file iperf3 skopeo qemu-system-x86 cpio dpkg-dev wireguard-tools tcpdump)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds (stripped, CGO_ENABLED=0) the real Go counterparts at the versions pinned in versions.env into .tools/bin:
-# tailscale, tailscaled (tailscale.com) and headscale. Builds are cached per version in
+# tailscale, tailscaled (tailscale.com), wireguard (wireguard-go) and headscale. Builds are cached per version in
 # $TSBRIDGE_CACHE, so the second run (and CI on the same machine) only copies.
 . "$(dirname "$0")/lib.sh"
 
@@ -26,6 +26,9 @@ if [ "${1:-}" = tailscale ]; then
   log "tools ready in $TOOLS_BIN: tailscale tailscaled"
   exit 0
 fi
+
+# The KubeSpan lab test's WireGuard (the machines' kernel has no wireguard module).
+install_tool wireguard golang.zx2c4.com/wireguard "$WIREGUARD_GO_VERSION"
 
 # headscale: built from scripts/tools/headscale/go.mod (see the comment there for why not
 # `go install`); the version there must match versions.env.

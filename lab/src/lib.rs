@@ -46,7 +46,9 @@
 //! (which execs the program, so the pid is the program's), with stdout and stderr in a log
 //! file under the lab directory ([`Lab::log`]).
 
+mod capture;
 mod control;
+pub mod kubespan;
 mod lab;
 mod netns;
 mod node;
@@ -57,6 +59,7 @@ mod tools;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+pub use capture::{Capture, Captured};
 pub use control::{AuthKey, Control};
 pub use lab::{Host, Lab, Pod, Proc};
 pub use netns::{Ns, in_ns, ip, ipn, spawn_in, sweep};

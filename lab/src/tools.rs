@@ -10,6 +10,8 @@ pub struct Tools {
     pub tailscale: PathBuf,
     pub tailscaled: PathBuf,
     pub headscale: PathBuf,
+    /// wireguard-go (binary `wireguard`), for KubeSpan in the lab.
+    pub wireguard: PathBuf,
     /// The tsbridge binary under test (tests pass `env!("CARGO_BIN_EXE_tsbridge")`).
     pub tsbridge: PathBuf,
 }
@@ -49,12 +51,13 @@ impl Tools {
             tailscale: tool("tailscale")?,
             tailscaled: tool("tailscaled")?,
             headscale: tool("headscale")?,
+            wireguard: tool("wireguard")?,
             tsbridge,
         })
     }
 }
 
-fn which(cmd: &str) -> Option<PathBuf> {
+pub(crate) fn which(cmd: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/sbin".into()])
