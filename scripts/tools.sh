@@ -43,4 +43,11 @@ if [ ! -x "$hs_dir/headscale" ]; then
   mv "$hs_dir/headscale.tmp" "$hs_dir/headscale"
 fi
 install -m 0755 "$hs_dir/headscale" "$TOOLS_BIN/headscale"
+
+# promcheck: `promtool check metrics`'s linter and Prometheus's text parser, from
+# tests/promcheck/go.mod (client_golang pinned there; see main.go for why not promtool).
+grep -q "github.com/prometheus/client_golang $PROMETHEUS_CLIENT_GOLANG_VERSION" "$ROOT/tests/promcheck/go.mod" ||
+  die "tests/promcheck/go.mod does not pin client_golang $PROMETHEUS_CLIENT_GOLANG_VERSION (versions.env)"
+(cd "$ROOT/tests/promcheck" && go build -ldflags="-s -w" -o "$TOOLS_BIN/promcheck" .) ||
+  die "building tests/promcheck failed"
 log "tools ready in $TOOLS_BIN: $(ls "$TOOLS_BIN" | tr '\n' ' ')"

@@ -878,3 +878,92 @@ fn upgrade_replaces_lookup_main_guards_with_the_goto_shape() {
     let _ = std::fs::remove_file(log_path(&l.node, 20));
     let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-state", l.node.0)));
 }
+
+/// GET `path` at `addr` from inside `ns`: (status, body), or None when nothing answers.
+fn get_in(ns: &Netns, addr: SocketAddr, path: &'static str) -> Option<(u16, String)> {
+    ns.run(move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: node\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let code = out.get(9..12)?.parse().ok()?;
+        Some((code, out.split_once("\r\n\r\n")?.1.to_owned()))
+    })
+}
+
+/// `TSBRIDGE_LISTEN=lab:9002`: the listener binds the node's address in the lab subnet
+/// once it exists (not before, not loopback), moves when it changes, driven by the
+/// reconciler's address notifications; its /metrics passes Prometheus's own parser and
+/// linter.
+#[test]
+fn lab_listener_binds_the_lab_address_when_it_appears_and_follows_it() {
+    require_tools();
+    let tools = tsbridge_lab::Tools::find(env!("CARGO_BIN_EXE_tsbridge")).expect("lab tools");
+    let l = lab();
+    l.node.sh("ip addr flush dev lab0");
+    let log = log_path(&l.node, 30);
+    let d = start_daemon(&l.node, &[("TSBRIDGE_LISTEN", "lab:9002")], &log);
+    let wait_log = |needle: &str| {
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains(needle) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no {needle:?} in:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_log("health and metrics listener waits for one");
+
+    let first: SocketAddr = "192.168.77.10:9002".parse().unwrap();
+    let second: SocketAddr = "192.168.77.20:9002".parse().unwrap();
+    assert!(get_in(&l.node, first, "/healthz").is_none());
+    // The address appears: the listener comes up there, and only there.
+    l.node.sh("ip addr add 192.168.77.10/24 dev lab0");
+    let took = time_until(Duration::from_secs(5), || {
+        get_in(&l.node, first, "/healthz").is_some_and(|(c, _)| c == 200)
+    });
+    eprintln!("listener up {took:?} after the lab address appeared");
+    assert!(
+        get_in(&l.node, "127.0.0.1:9002".parse().unwrap(), "/healthz").is_none(),
+        "loopback is not served in lab mode"
+    );
+    // Prometheus's parser and linter accept what a scraper gets.
+    let (code, metrics) = get_in(&l.node, first, "/metrics").expect("/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("tsbridge_reconciliations_total"),
+        "{metrics}"
+    );
+    tools
+        .check_metrics(&metrics)
+        .unwrap_or_else(|e| panic!("{e}\n{metrics}"));
+    // The address changes: the listener follows it.
+    l.node.sh("ip addr del 192.168.77.10/24 dev lab0
+         ip addr add 192.168.77.20/24 dev lab0");
+    let moved = Instant::now();
+    while get_in(&l.node, second, "/healthz").is_none_or(|(c, _)| c != 200) {
+        assert!(
+            moved.elapsed() < Duration::from_secs(5),
+            "the listener did not move to {second}:\n{}\n{}",
+            l.node.sh("ip -4 addr"),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(get_in(&l.node, first, "/healthz").is_none());
+    stop(d);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        text.matches("health and metrics listener up").count(),
+        2,
+        "{text}"
+    );
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-state", l.node.0)));
+}

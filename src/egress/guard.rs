@@ -51,10 +51,9 @@ pub fn identity(k: &mut dyn Kernel, cfg: &EgressConfig) -> Identity {
             .map(|l| l.name.clone())
             .unwrap_or_else(|| format!("if{idx}"))
     };
-    let Some(own) = addrs
-        .iter()
-        .find(|a| cfg.lab_subnets.iter().any(|s| s.contains(a.addr)))
-    else {
+    let own = lab_address(&addrs_of(&addrs), &cfg.lab_subnets)
+        .and_then(|ip| addrs.iter().find(|a| a.addr == ip));
+    let Some(own) = own else {
         let subnets: Vec<String> = cfg.lab_subnets.iter().map(Cidr::to_string).collect();
         return Identity::Problem(format!(
             "the node has no address in TSBRIDGE_LAB_SUBNETS ({}): Kubernetes would pick another address, possibly the tailnet one",
@@ -98,8 +97,17 @@ pub fn identity(k: &mut dyn Kernel, cfg: &EgressConfig) -> Identity {
     }
 }
 
-fn addrs_of(a: &[super::kernel::Addr]) -> Vec<IpAddr> {
+pub fn addrs_of(a: &[super::kernel::Addr]) -> Vec<IpAddr> {
     a.iter().map(|a| a.addr).collect()
+}
+
+/// The node's address in the lab subnets: the first of `addrs` (the kernel's order) in any
+/// of them. It is the node identity, and where `TSBRIDGE_LISTEN=lab:PORT` binds.
+pub fn lab_address(addrs: &[IpAddr], lab_subnets: &[Cidr]) -> Option<IpAddr> {
+    addrs
+        .iter()
+        .copied()
+        .find(|a| lab_subnets.iter().any(|s| s.contains(*a)))
 }
 
 /// An address inside `c` (counting up from its first host) that is none of `own`.
