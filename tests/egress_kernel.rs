@@ -967,3 +967,71 @@ fn lab_listener_binds_the_lab_address_when_it_appears_and_follows_it() {
     let _ = std::fs::remove_file(&log);
     let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-state", l.node.0)));
 }
+
+/// A node without pods yet (a fresh control plane): the pod path is "no pods yet,
+/// unverified", after asking the kernel about a pod-CIDR source arriving on `lo`. A CNI
+/// that routes pods outside `TSBRIDGE_POD_CIDRS` (Cilium's default 10.0.0.0/8 pool, an
+/// IPv6 pod network left out) is named, with the variable to set, in the verdict and in
+/// the daemon's log.
+#[test]
+fn pod_path_without_pods_is_unverified_and_unknown_pod_routes_are_named() {
+    require_tools();
+    let l = lab();
+    l.node.sh("ip addr flush dev veth-pod");
+    reconcile_in(&l.node, cfg(true, true));
+    let c = cfg(true, true);
+    let v = l
+        .node
+        .run(move || guard::pod_path(&mut Netlink::new().unwrap(), &c));
+    assert!(
+        matches!(&v, guard::PodPath::NoPods(m) if m.contains("10.244.0.1->100.100.100.100") && m.contains("fd00:10:244::1->fd7a:115c:a1e0::53")),
+        "{v:?}"
+    );
+    // Without the MagicDNS route even the lo probe fails: not ready, pods or not.
+    l.node
+        .sh("ip route del 100.100.100.100/32 dev tailscale0 table 52");
+    let c = cfg(true, true);
+    let v = l
+        .node
+        .run(move || guard::pod_path(&mut Netlink::new().unwrap(), &c));
+    assert!(matches!(&v, guard::PodPath::Problem(_)), "{v:?}");
+    l.node
+        .sh("ip route add 100.100.100.100/32 dev tailscale0 table 52");
+    // Cilium-style: pods of the 10.0.0.0/8 pool behind cilium_host.
+    l.node
+        .sh("ip link add cilium_host type veth peer name cilium_net
+         ip link set cilium_host up
+         ip addr add 10.0.1.1/32 dev cilium_host
+         ip route add 10.0.1.0/24 via 10.0.1.1 dev cilium_host");
+    let c = cfg(true, true);
+    let v = l
+        .node
+        .run(move || guard::pod_path(&mut Netlink::new().unwrap(), &c));
+    assert!(
+        matches!(&v, guard::PodPath::Unconfigured(m) if m.contains("10.0.1.0/24 dev cilium_host") && m.contains("TSBRIDGE_POD_CIDRS")),
+        "{v:?}"
+    );
+    let log = log_path(&l.node, 40);
+    let d = start_daemon(&l.node, &[], &log);
+    time_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| {
+            t.contains("pod path to the tailnet broken")
+                && t.contains("10.0.1.0/24 dev cilium_host")
+                && t.contains("add the cluster's pod subnets")
+        })
+    });
+    stop(d);
+    // Configured, the same routes are pods like any other.
+    let mut c = cfg(true, true);
+    c.pod_cidrs.push("10.0.0.0/8".parse().unwrap());
+    reconcile_in(&l.node, c.clone());
+    let v = l
+        .node
+        .run(move || guard::pod_path(&mut Netlink::new().unwrap(), &c));
+    assert!(
+        matches!(&v, guard::PodPath::Ok { via } if via.contains("10.0.1.2->100.100.100.100")),
+        "{v:?}"
+    );
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-state", l.node.0)));
+}

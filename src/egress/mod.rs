@@ -214,7 +214,12 @@ impl Egress {
         if pod_path != prev.pod_path {
             match &pod_path {
                 PodPath::Ok { via } => info!(via = %via, "pod path to the tailnet ok"),
-                PodPath::Problem(p) => warn!(problem = %p, "pod path to the tailnet broken"),
+                PodPath::Problem(p) | PodPath::Unconfigured(p) => {
+                    warn!(problem = %p, "pod path to the tailnet broken")
+                }
+                PodPath::NoPods(why) => {
+                    info!(why = %why, "pod path unverified: no pods on this node yet")
+                }
                 PodPath::Unknown(why) => debug!(why = %why, "pod path not checked"),
             }
         }
