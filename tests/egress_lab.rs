@@ -893,3 +893,107 @@ fn kubespan_traffic_stays_in_wireguard_and_pods_still_reach_the_tailnet() {
     assert_eq!(got, [w.peer.ip4]);
     pod_echo(&w.pod.ns, IpAddr::V4(got[0])).expect("pod -> peer by name");
 }
+
+/// The ExtensionServiceConfig environment of a `tsbridge patch` output, in order.
+fn patch_environment(patch: &str) -> Vec<(String, String)> {
+    let doc = patch
+        .split("\n---\n")
+        .find(|d| d.contains("kind: ExtensionServiceConfig"))
+        .expect("an ExtensionServiceConfig document");
+    doc.lines()
+        .filter_map(|l| l.strip_prefix("  - \"")?.strip_suffix('"'))
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Test 13 (issue 11): dual-stack pods reach the tailnet over both families with the
+/// configuration `tsbridge patch` generates from the cluster's own machine configuration
+/// (podSubnets and serviceSubnets of both families). Only what must differ in the lab
+/// (state directory, socket, binaries) is not the patch's.
+#[test]
+fn dual_stack_pods_reach_the_tailnet_with_a_patch_generated_configuration() {
+    let w = world();
+    let svc = Service::start(&w.peer.host.ns);
+    let mc = w.lab.dir.join("controlplane.yaml");
+    std::fs::write(
+        &mc,
+        format!(
+            "version: v1alpha1\ncluster:\n    network:\n        podSubnets:\n            - {}\n            - {}\n        serviceSubnets:\n            - 10.96.0.0/12\n            - fd00:10:96::/112\n",
+            tsbridge_lab::POD_CIDR_V4,
+            tsbridge_lab::POD_CIDR_V6
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tsbridge"))
+        .args(["patch", "--talos-version", "1.14", "--lab-subnet"])
+        .arg(tsbridge_lab::LAN_CIDR)
+        .arg("--login-server")
+        .arg(&w.control.url)
+        .arg("--machine-config")
+        .arg(&mc)
+        .env_clear()
+        .output()
+        .expect("tsbridge patch");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let patched = patch_environment(&String::from_utf8_lossy(&out.stdout));
+    let get = |k: &str| {
+        patched
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(
+        get("TSBRIDGE_POD_CIDRS"),
+        Some(
+            format!(
+                "{},{}",
+                tsbridge_lab::POD_CIDR_V4,
+                tsbridge_lab::POD_CIDR_V6
+            )
+            .as_str()
+        )
+    );
+    // The lab's own entries first, the patch's after them (the last value wins), except
+    // where the node must differ from a real one.
+    let lab_only = ["TS_STATE_DIR"];
+    let mut env = w.env(&[("TSBRIDGE_POD_CIDRS", tsbridge_lab::POD_CIDR_V4)]);
+    env.extend(
+        patched
+            .iter()
+            .filter(|(k, _)| !lab_only.contains(&k.as_str()))
+            .cloned(),
+    );
+    let ts = w.start(&env);
+    // One guard more than the lab's own configuration: the IPv6 service CIDR.
+    w.wait_owned((OWNED.0 + 1, OWNED.1), &ts);
+    let (node_v4, node_v6) = w
+        .lab
+        .wait_running(&w.node, Duration::from_secs(5))
+        .expect("node running");
+    pod_echo_until(&w.pod.ns, IpAddr::V4(w.peer.ip4), Duration::from_secs(20)).unwrap_or_else(
+        |e| {
+            panic!(
+                "pod -> peer v4: {e}\n{}",
+                tsbridge_lab::tail(&w.lab.log(&ts), 30)
+            )
+        },
+    );
+    assert_eq!(svc.last_source(), Some(IpAddr::V4(node_v4)));
+    let peer_v6 = w.peer.ip6.expect("the peer has an IPv6 tailnet address");
+    pod_echo_until(&w.pod.ns, IpAddr::V6(peer_v6), Duration::from_secs(10)).unwrap_or_else(|e| {
+        panic!(
+            "pod -> peer v6: {e}\n{}",
+            tsbridge_lab::tail(&w.lab.log(&ts), 30)
+        )
+    });
+    assert_eq!(
+        svc.last_source(),
+        node_v6.map(IpAddr::V6),
+        "the peer sees the node's tailnet IPv6 address"
+    );
+}
