@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Builds (stripped, CGO_ENABLED=0) the real Go counterparts at the versions pinned in versions.env into .tools/bin:
-# tailscale, tailscaled (tailscale.com), wireguard (wireguard-go) and headscale. Builds are cached per version in
-# $TSBRIDGE_CACHE, so the second run (and CI on the same machine) only copies.
+# tailscale, tailscaled (tailscale.com), containerboot (what the official Talos extension
+# runs: the lab's migration tests and the benchmarks), coredns (the lab's cluster DNS),
+# wireguard (wireguard-go, the KubeSpan lab test's WireGuard) and headscale. Builds are
+# cached per version in $TSBRIDGE_CACHE, so the second run (and CI on the same machine)
+# only copies.
 . "$(dirname "$0")/lib.sh"
 
 # install NAME MODULE_PATH VERSION
@@ -27,6 +30,8 @@ if [ "${1:-}" = tailscale ]; then
   exit 0
 fi
 
+install_tool containerboot tailscale.com/cmd/containerboot "$TAILSCALE_VERSION"
+install_tool coredns github.com/coredns/coredns "$COREDNS_VERSION"
 # The KubeSpan lab test's WireGuard (the machines' kernel has no wireguard module).
 install_tool wireguard golang.zx2c4.com/wireguard "$WIREGUARD_GO_VERSION"
 

@@ -137,6 +137,8 @@ impl Health {
             config_problems: g.config_problems.clone(),
             backend: status.backend,
             tailnet_addrs: status.addrs.len(),
+            tailscaled_problem: status.problem.clone(),
+            state_store: status.state_store.clone(),
             reconciled: g.reconciled.clone(),
             pod_path: g.pod_path.clone(),
             pod_path_required: g.pod_path_required,
@@ -203,6 +205,10 @@ pub struct Snapshot {
     pub config_problems: Vec<String>,
     pub backend: BackendState,
     pub tailnet_addrs: usize,
+    /// Why the node is off the tailnet, when the join side or the supervisor knows.
+    pub tailscaled_problem: Option<String>,
+    /// tailscaled runs on in-memory state: why (see `status::state_store_problem`).
+    pub state_store: Option<String>,
     pub reconciled: Check,
     pub pod_path: Check,
     pub pod_path_required: bool,
@@ -248,17 +254,30 @@ pub fn readiness(s: &Snapshot) -> (bool, Vec<Part>) {
         detail: "valid".into(),
     }];
     let running = s.backend == BackendState::Running && s.tailnet_addrs > 0;
+    let mut detail = match (s.backend, s.tailnet_addrs) {
+        (BackendState::Running, 0) => "Running, but no tailnet address yet".into(),
+        (BackendState::Running, n) => format!("Running with {n} tailnet addresses"),
+        (BackendState::Down, _) => "not running or LocalAPI unreachable".to_owned(),
+        (b, _) => format!("backend state {} (want Running)", b.name()),
+    };
+    if let (false, Some(p)) = (running, &s.tailscaled_problem) {
+        detail.push_str(": ");
+        detail.push_str(p);
+    }
     parts.push(Part {
         name: "tailscaled",
         ok: running,
         unverified: false,
-        detail: match (s.backend, s.tailnet_addrs) {
-            (BackendState::Running, 0) => "Running, but no tailnet address yet".into(),
-            (BackendState::Running, n) => format!("Running with {n} tailnet addresses"),
-            (BackendState::Down, _) => "not running or LocalAPI unreachable".into(),
-            (b, _) => format!("backend state {} (want Running)", b.name()),
-        },
+        detail,
     });
+    if let Some(p) = &s.state_store {
+        parts.push(Part {
+            name: "state",
+            ok: false,
+            unverified: false,
+            detail: p.clone(),
+        });
+    }
     parts.push(check_part(
         "reconciled",
         &s.reconciled,
@@ -317,6 +336,8 @@ mod tests {
             config_problems: vec![],
             backend: BackendState::Running,
             tailnet_addrs: 2,
+            tailscaled_problem: None,
+            state_store: None,
             reconciled: Check::Ok("in sync".into()),
             pod_path: Check::Ok("10.244.0.2 -> 100.64.0.2 via tailscale0".into()),
             pod_path_required: true,
@@ -379,6 +400,30 @@ mod tests {
             "{body}"
         );
         assert!(!body.contains("ok   pod_path"), "{body}");
+    }
+
+    #[test]
+    fn in_memory_state_fails_readiness_with_its_cause() {
+        let mut s = ready_snapshot();
+        s.state_store = Some("tailscaled cannot write its state directory /s (read-only file system) and runs on in-memory state".into());
+        let (ok, parts) = readiness(&s);
+        assert!(!ok);
+        let body = render_readiness(ok, &parts);
+        assert!(
+            body.contains(
+                "FAIL state: tailscaled cannot write its state directory /s (read-only file system)"
+            ),
+            "{body}"
+        );
+        // Why tailscaled is not running, when known, is on its line.
+        let mut s = ready_snapshot();
+        s.backend = BackendState::Down;
+        s.tailscaled_problem = Some(
+            "cannot start tailscaled: preparing /s: Read-only file system (os error 30)".into(),
+        );
+        let body = render_readiness(false, &readiness(&s).1);
+        assert!(body.contains("FAIL tailscaled: not running or LocalAPI unreachable: cannot start tailscaled: preparing /s: Read-only"), "{body}");
+        assert!(!body.contains("FAIL state"), "{body}");
     }
 
     #[test]

@@ -171,6 +171,14 @@ async fn daemon(cfg: Config, obs: Obs) -> ExitCode {
         has_auth_key = cfg.auth_key.is_some(),
         "tsbridge starting"
     );
+    if !cfg.proxies.is_empty() {
+        info!(
+            http_proxy = %cfg.proxies.shown("HTTP_PROXY"),
+            https_proxy = %cfg.proxies.shown("HTTPS_PROXY"),
+            no_proxy = %cfg.proxies.shown("NO_PROXY"),
+            "tailscaled and tailscale use the HTTP proxy from the environment"
+        );
+    }
     if cfg.lab_subnets.is_empty() {
         warn!("TSBRIDGE_LAB_SUBNETS is not set: the node's Kubernetes identity is unguarded");
     }
@@ -201,7 +209,10 @@ async fn daemon(cfg: Config, obs: Obs) -> ExitCode {
     let cfg = Arc::new(cfg);
     let (status_tx, status_rx) = watch::channel(TailscaleStatus::default());
     let status_tx = Arc::new(status_tx);
+    // A stop in order: `shutdown` first (no more joining, tailscaled no longer
+    // supervised), then tsbridge's kernel state, then `stop_tailscaled`.
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (stop_tailscaled_tx, stop_tailscaled_rx) = watch::channel(false);
 
     // The guards and the egress state first (they do not depend on tailscaled), then the
     // listener, which follows the addresses the reconciler sees.
@@ -220,7 +231,10 @@ async fn daemon(cfg: Config, obs: Obs) -> ExitCode {
             cfg.clone(),
             reaper.clone(),
             status_tx.clone(),
-            shutdown_rx.clone(),
+            supervisor::Stop {
+                draining: shutdown_rx.clone(),
+                terminate: stop_tailscaled_rx,
+            },
         ),
     );
     let joiner = obs.spawn_loop(
@@ -240,14 +254,17 @@ async fn daemon(cfg: Config, obs: Obs) -> ExitCode {
         _ = int.recv() => "SIGINT",
     };
     info!(signal = sig, "shutting down");
-    // tsbridge's kernel state goes first (one netlink batch), while tailscaled still runs.
+    // Supervision ends before anything is torn down: Talos signals tailscaled at the same
+    // moment, and its exit from now on is part of the stop, never a reason to restart it.
+    let _ = shutdown_tx.send(true);
+    // tsbridge's kernel state goes next (one netlink batch), while tailscaled may still run.
     egress_stop.cancel();
     let _ = tokio::time::timeout(
         std::time::Duration::from_secs(1),
         crate::egress::stopped(egress),
     )
     .await;
-    let _ = shutdown_tx.send(true);
+    let _ = stop_tailscaled_tx.send(true);
     // Talos sends SIGKILL 10 s after SIGTERM: tailscaled gets 8 s, everything is done
     // before 10 s.
     let deadline = std::time::Duration::from_millis(9500);

@@ -4,29 +4,18 @@
 //! another host on the lab network, as a Prometheus in the cluster would scrape it.
 //! Needs root and `make tools`.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tsbridge_lab::{Control, Host, Lab, Ns, Peer, Pod, Proc, Tools, in_ns, wait_until};
+use tsbridge_lab::{Control, Host, Lab, Ns, Peer, Pod, Proc, Tools, wait_until};
 
 const PORT: u16 = 9002;
 
 /// GET `http://ADDR:9002/PATH` from inside `ns`: (status, body), or None while nothing
 /// listens.
 fn get_from(ns: &Ns, addr: IpAddr, path: &str) -> Option<(u16, String)> {
-    let path = path.to_owned();
-    in_ns(ns, move || {
-        let addr = SocketAddr::new(addr, PORT);
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: node\r\n\r\n").ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        let code = out.get(9..12)?.parse().ok()?;
-        Some((code, out.split_once("\r\n\r\n")?.1.to_owned()))
-    })
+    tsbridge_lab::http_get(ns, SocketAddr::new(addr, PORT), path)
 }
 
 /// A metric's value from an exposition.
@@ -74,29 +63,16 @@ impl World {
         get_from(&self.control.host.ns, IpAddr::V4(self.node.lan_addr), path)
     }
 
-    /// `tsbridge check [--json]` in the node with the service's environment (key left out:
-    /// check never needs it).
+    /// `tsbridge check [--json]` in the node, without the cluster-DNS check (this lab has
+    /// no cluster DNS; tests/dns_lab.rs has one).
     fn check(&self, env: &[(String, String)], json: bool) -> (i32, String) {
-        let bin = env!("CARGO_BIN_EXE_tsbridge");
-        let mut argv: Vec<String> = vec!["env".into()];
-        argv.extend(
-            env.iter()
-                .filter(|(k, _)| k != "TS_AUTHKEY")
-                .map(|(k, v)| format!("{k}={v}")),
-        );
-        argv.extend([bin.to_owned(), "check".to_owned()]);
+        let mut args = vec!["--cluster-dns", "off"];
         if json {
-            argv.push("--json".into());
+            args.push("--json");
         }
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let out = self
-            .lab
-            .exec(&self.node.ns, &argv)
-            .expect("run tsbridge check");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        self.lab
+            .tsbridge_check(&self.node, env, &args)
+            .expect("run tsbridge check")
     }
 
     fn wait_ready(&self, p: &Proc, limit: Duration) -> Duration {

@@ -180,3 +180,85 @@ fn machine_config_gives_the_clusters_own_subnets_and_never_echoes_its_secrets() 
     assert!(text(&out.stderr).contains("not a Talos machine configuration"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--coredns-manifests`: the CoreDNS objects alone, for `kubectl apply` on a running
+/// cluster. Any flags of the patch command may stay on the line (so the objects match the
+/// patch's); the auth key is never read or written.
+#[test]
+fn coredns_manifests_alone_match_the_patch_and_hold_no_key() {
+    let coredns = [
+        "--control-plane",
+        "--coredns",
+        "--tailnet",
+        "tail1234.ts.net",
+        "--service-cidr",
+        "10.112.0.0/12",
+    ];
+    let full = patch(&[BASE, &coredns].concat(), &[], None);
+    assert!(full.status.success(), "{}", text(&full.stderr));
+    let alone = patch(
+        &[BASE, &coredns, &["--coredns-manifests"]].concat(),
+        &[("TS_AUTHKEY", KEY)],
+        None,
+    );
+    assert!(alone.status.success(), "{}", text(&alone.stderr));
+    assert!(alone.stderr.is_empty(), "{}", text(&alone.stderr));
+    let m = text(&alone.stdout);
+    assert!(
+        m.starts_with("apiVersion: v1\nkind: ServiceAccount\n"),
+        "{m}"
+    );
+    assert!(m.contains("\n  clusterIP: \"10.112.0.10\"\n"), "{m}");
+    assert!(m.contains("forward . 100.100.100.100\n"), "{m}");
+    assert!(
+        !m.contains("sekrit") && !m.contains("ExtensionServiceConfig"),
+        "{m}"
+    );
+    // Every line of it is in the v1alpha1 inline manifest, indented by 8.
+    let inline: String = m
+        .lines()
+        .map(|l| {
+            if l.is_empty() {
+                "\n".to_owned()
+            } else {
+                format!("        {l}\n")
+            }
+        })
+        .collect();
+    assert!(text(&full.stdout).contains(&inline));
+
+    // The shortest form needs no --talos-version or --lab-subnet.
+    let short = patch(
+        &["--coredns-manifests", "--tailnet", "tail1234.ts.net"],
+        &[],
+        None,
+    );
+    assert!(short.status.success(), "{}", text(&short.stderr));
+    assert!(text(&short.stdout).contains("\n  clusterIP: \"10.96.0.10\"\n"));
+
+    for (args, want) in [
+        (&["--coredns-manifests"][..], "needs --tailnet"),
+        (
+            &[
+                "--coredns-manifests",
+                "--tailnet",
+                "x.ts.net",
+                "--authkey-stdin",
+            ],
+            "--authkey-stdin is not used",
+        ),
+        (
+            &["--coredns-manifests", "--tailnet", "Bad Suffix"],
+            "--tailnet",
+        ),
+    ] {
+        let out = patch(args, &[], None);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(
+            text(&out.stderr).contains(want),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}

@@ -14,6 +14,11 @@ pub struct Tools {
     pub wireguard: PathBuf,
     /// `promtool check metrics`'s checker (tests/promcheck), see [`Tools::check_metrics`].
     pub promcheck: PathBuf,
+    /// containerboot, what the official Talos extension (siderolabs/tailscale) runs.
+    /// Checked when a lab runs it ([`Tools::containerboot`]): `make lab` does not need it.
+    containerboot: PathBuf,
+    /// The real CoreDNS (the lab's cluster DNS, `dns.rs`).
+    pub coredns: PathBuf,
     /// The tsbridge binary under test (tests pass `env!("CARGO_BIN_EXE_tsbridge")`).
     pub tsbridge: PathBuf,
 }
@@ -27,17 +32,7 @@ impl Tools {
             .map(PathBuf::from)
             .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/bin"));
         let bin = bin.canonicalize().unwrap_or(bin);
-        let tool = |name: &str| -> Result<PathBuf> {
-            let p = bin.join(name);
-            if p.is_file() {
-                Ok(p)
-            } else {
-                err(format!(
-                    "{} is missing: run `make tools` (or scripts/setup.sh) first",
-                    p.display()
-                ))
-            }
-        };
+        let tool = |name: &str| built(bin.join(name));
         let tsbridge = tsbridge.into();
         if !tsbridge.is_file() {
             return err(format!("tsbridge binary {} is missing", tsbridge.display()));
@@ -55,6 +50,8 @@ impl Tools {
             headscale: tool("headscale")?,
             wireguard: tool("wireguard")?,
             promcheck: tool("promcheck")?,
+            containerboot: bin.join("containerboot"),
+            coredns: tool("coredns")?,
             tsbridge,
         })
     }
@@ -90,6 +87,23 @@ impl Tools {
                 String::from_utf8_lossy(&out.stderr).trim()
             ))
         }
+    }
+
+    /// containerboot's path; an error naming the command that builds it when missing.
+    pub fn containerboot(&self) -> Result<PathBuf> {
+        built(self.containerboot.clone())
+    }
+}
+
+/// `p` if it is there, else an error naming the command that builds the pinned tools.
+fn built(p: PathBuf) -> Result<PathBuf> {
+    if p.is_file() {
+        Ok(p)
+    } else {
+        err(format!(
+            "{} is missing: run `make tools` (or scripts/setup.sh) first",
+            p.display()
+        ))
     }
 }
 

@@ -46,6 +46,11 @@ Options:
   --tailnet SUFFIX      the tailnet's MagicDNS suffix, e.g. tail1234.ts.net
   --cluster-domain D    Kubernetes cluster domain (default cluster.local)
   --coredns-image REF   CoreDNS image (default registry.k8s.io/coredns/coredns:v1.14.6)
+  --coredns-manifests   print only the CoreDNS objects (exactly the inline manifest's
+                        content) for `kubectl apply --server-side --force-conflicts -f -`
+                        on a running cluster, where Talos does not replace objects that
+                        exist; needs --tailnet, and the same --service-cidr,
+                        --cluster-domain and --coredns-image as the patch; no key is read
   --authkey-stdin       read the auth key from standard input
   -h, --help            print help
 
@@ -84,6 +89,7 @@ pub(crate) fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, CliError> {
     let mut cluster_domain: Option<String> = None;
     let mut coredns_image: Option<String> = None;
     let mut authkey_stdin = false;
+    let mut coredns_manifests = false;
 
     while let Some(arg) = parser.next()? {
         match arg {
@@ -114,6 +120,7 @@ pub(crate) fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, CliError> {
             Long("cluster-domain") => cluster_domain = Some(value(parser)?),
             Long("coredns-image") => coredns_image = Some(value(parser)?),
             Long("authkey-stdin") => authkey_stdin = true,
+            Long("coredns-manifests") => coredns_manifests = true,
             Long("authkey") | Long("auth-key") => {
                 return Err(CliError::Usage(
                     "the auth key is never taken from the command line (shell history, /proc/*/cmdline): \
@@ -123,6 +130,24 @@ pub(crate) fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, CliError> {
             }
             other => return Err(other.unexpected().into()),
         }
+    }
+
+    if coredns_manifests {
+        if authkey_stdin {
+            return Err(CliError::Usage(
+                "--authkey-stdin is not used with --coredns-manifests: the CoreDNS objects hold no key".into(),
+            ));
+        }
+        let tailnet = tailnet.ok_or_else(|| {
+            CliError::Usage(
+                "--coredns-manifests needs --tailnet SUFFIX (the tailnet's MagicDNS suffix, e.g. tail1234.ts.net)".into(),
+            )
+        })?;
+        let c = core_dns(tailnet, cluster_domain, coredns_image);
+        if services.is_empty() {
+            services = talos::default_service_cidrs();
+        }
+        return write_stdout(&talos::render_coredns_manifests(&c, &services)?);
     }
 
     let talos = talos_version.ok_or_else(|| {
@@ -157,11 +182,7 @@ pub(crate) fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, CliError> {
     o.login_server = login_server;
     o.extra_args = extra_args;
     o.coredns = match (coredns, tailnet) {
-        (true, Some(t)) => Some(CoreDns {
-            tailnet: t.trim_end_matches('.').to_owned(),
-            cluster_domain: cluster_domain.unwrap_or_else(|| talos::DEFAULT_CLUSTER_DOMAIN.into()),
-            image: coredns_image.unwrap_or_else(|| talos::DEFAULT_COREDNS_IMAGE.into()),
-        }),
+        (true, Some(t)) => Some(core_dns(t, cluster_domain, coredns_image)),
         (true, None) => {
             return Err(CliError::Usage(
                 "--coredns needs --tailnet SUFFIX (the tailnet's MagicDNS suffix, e.g. tail1234.ts.net)".into(),
@@ -205,7 +226,18 @@ pub(crate) fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, CliError> {
         );
     }
 
-    let text = talos::render(&o)?;
+    write_stdout(&talos::render(&o)?)
+}
+
+fn core_dns(tailnet: String, domain: Option<String>, image: Option<String>) -> CoreDns {
+    CoreDns {
+        tailnet: tailnet.trim_end_matches('.').to_owned(),
+        cluster_domain: domain.unwrap_or_else(|| talos::DEFAULT_CLUSTER_DOMAIN.into()),
+        image: image.unwrap_or_else(|| talos::DEFAULT_COREDNS_IMAGE.into()),
+    }
+}
+
+fn write_stdout(text: &str) -> Result<ExitCode, CliError> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())

@@ -7,6 +7,7 @@
 //! once; nothing here logs or panics.
 
 mod extra_args;
+pub mod show;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -100,6 +101,9 @@ impl fmt::Display for Listen {
     }
 }
 
+/// Why `TS_ACCEPT_DNS=true` (or `--accept-dns` in `TS_EXTRA_ARGS`) is refused.
+pub(crate) const ACCEPT_DNS_REFUSED: &str = "cannot work on Talos: tailscaled would take over the node's DNS by rewriting /etc/resolv.conf, which is read-only in the extension (Talos owns the node's resolver); remove it or set it to false. Pods resolve MagicDNS names through CoreDNS (`tsbridge patch --coredns`), the node through 100.100.100.100";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -120,7 +124,8 @@ impl AuthKey {
         match self {
             AuthKey::Inline(s) => Ok(s.clone()),
             AuthKey::File(p) => {
-                let text = std::fs::read_to_string(p)?;
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
                 let key = text.trim();
                 if key.is_empty() {
                     return Err(std::io::Error::new(
@@ -131,6 +136,31 @@ impl AuthKey {
                 Ok(Secret::new(key.to_owned()))
             }
         }
+    }
+}
+
+impl AuthKey {
+    /// A `file:` key whose file cannot be read now. Only a warning: the join reads the file
+    /// when it needs the key, and the file may still appear (for example through the
+    /// ExtensionServiceConfig's `configFiles`).
+    pub fn file_warning(&self) -> Option<Problem> {
+        let AuthKey::File(p) = self else {
+            return None;
+        };
+        let value = format!("file:{}", p.display());
+        let message = match std::fs::metadata(p) {
+            Ok(m) if m.is_file() => return None,
+            Ok(_) => format!(
+                "{} is not a regular file; the join will fail until it is the key file",
+                p.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!(
+                "the key file {} does not exist (yet): joining fails until it appears (for example through the ExtensionServiceConfig's configFiles)",
+                p.display()
+            ),
+            Err(e) => format!("the key file {} cannot be read: {e}", p.display()),
+        };
+        Some(Problem::new("TS_AUTHKEY", Some(&value), message))
     }
 }
 
@@ -165,6 +195,9 @@ pub struct Config {
     pub tailscale: PathBuf,
     /// `TS_DEBUG_*` variables, passed on to tailscaled's environment.
     pub tailscaled_env: Vec<(String, String)>,
+    /// `HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY` (either case), passed on to tailscaled and
+    /// the tailscale CLI.
+    pub proxies: crate::proxy::Proxies,
 }
 
 /// One problem with one variable.
@@ -227,13 +260,21 @@ pub struct Loaded {
     pub enable_health_check: Option<bool>,
 }
 
-/// Reads the process environment, keeping duplicated keys' last value.
+/// Reads the process environment, keeping duplicated keys' last value. Unlike [`load`] it
+/// looks at the machine: a `file:` key that cannot be read now is a warning.
 pub fn from_process_env() -> Loaded {
     let exe_dir = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("/usr/local/bin"));
-    load(std::env::vars_os(), &exe_dir)
+    let mut loaded = load(std::env::vars_os(), &exe_dir);
+    if let Ok(Config {
+        auth_key: Some(k), ..
+    }) = &loaded.config
+    {
+        loaded.warnings.extend(k.file_warning());
+    }
+    loaded
 }
 
 /// The environment as a map, last value wins. Non-UTF-8 entries are kept as lossy text so
@@ -333,6 +374,9 @@ where
         .raw("TS_ROUTES")
         .map(|v| r.cidr_list_value("TS_ROUTES", v, true));
     let accept_dns_env = r.opt_bool("TS_ACCEPT_DNS");
+    if accept_dns_env == Some(true) {
+        r.bad("TS_ACCEPT_DNS", ACCEPT_DNS_REFUSED);
+    }
     let auth_once = r.bool("TS_AUTH_ONCE", true);
     let enable_metrics = r.opt_bool("TS_ENABLE_METRICS");
     let enable_health_check = r.opt_bool("TS_ENABLE_HEALTH_CHECK");
@@ -415,6 +459,7 @@ where
             tailscaled,
             tailscale,
             tailscaled_env,
+            proxies: crate::proxy::Proxies::from_env(&env),
         })
     } else {
         Err(ConfigErrors(r.problems))
@@ -769,6 +814,32 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_key_file_is_a_warning_naming_the_path() {
+        let dir = std::env::temp_dir().join(format!("tsbridge-keywarn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("key");
+        let k = AuthKey::File(path.clone());
+        let w = k.file_warning().expect("missing file warns");
+        assert_eq!(w.var, "TS_AUTHKEY");
+        assert!(w.message.contains(&path.display().to_string()), "{w}");
+        assert!(w.message.contains("does not exist"), "{w}");
+        std::fs::write(&path, "tskey-auth-kW-x\n").unwrap();
+        assert_eq!(k.file_warning(), None);
+        assert!(
+            AuthKey::File(dir.clone())
+                .file_warning()
+                .unwrap()
+                .message
+                .contains("not a regular file")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            AuthKey::Inline(Secret::new("tskey-a".into())).file_warning(),
+            None
+        );
+    }
+
+    #[test]
     fn extra_args_use_shell_quoting() {
         let c = ok(&[(
             "TS_EXTRA_ARGS",
@@ -823,17 +894,17 @@ mod tests {
         ]);
         assert!(e[0].message.contains("TS_ROUTES"));
         let e = errs(&[
-            ("TS_ACCEPT_DNS", "true"),
+            ("TS_ACCEPT_DNS", "false"),
             ("TS_EXTRA_ARGS", "--accept-dns=false"),
         ]);
         assert!(e[0].message.contains("TS_ACCEPT_DNS"));
         // Merge rule: a flag only in TS_EXTRA_ARGS is the user's choice, and tsbridge does
         // not add its own default for it.
-        let c = ok(&[("TS_EXTRA_ARGS", "--accept-dns=true --hostname=n1")]);
+        let c = ok(&[("TS_EXTRA_ARGS", "--accept-dns=false --hostname=n1")]);
         assert_eq!(c.accept_dns, None);
         assert_eq!(c.hostname, None);
-        let c = ok(&[("TS_ACCEPT_DNS", "true")]);
-        assert_eq!(c.accept_dns, Some(true));
+        let c = ok(&[("TS_ACCEPT_DNS", "false")]);
+        assert_eq!(c.accept_dns, Some(false));
         let e = errs(&[(
             "TS_TAILSCALED_EXTRA_ARGS",
             "--statedir=/x --socket=/y --tun=userspace-networking --state=mem:",
@@ -850,6 +921,25 @@ mod tests {
     }
 
     #[test]
+    fn accept_dns_is_refused_naming_the_variable() {
+        for v in ["true", "1", "T"] {
+            let e = errs(&[("TS_ACCEPT_DNS", v)]);
+            assert_eq!(vars(&e), ["TS_ACCEPT_DNS"], "{v}");
+            assert!(e[0].message.contains("/etc/resolv.conf"), "{e:?}");
+            assert!(e[0].to_string().starts_with("TS_ACCEPT_DNS="), "{}", e[0]);
+        }
+        for args in ["--accept-dns", "--accept-dns=true", "-accept-dns=1"] {
+            let e = errs(&[("TS_EXTRA_ARGS", args)]);
+            assert_eq!(vars(&e), ["TS_EXTRA_ARGS"], "{args}");
+            assert!(e[0].message.contains("read-only"), "{e:?}");
+        }
+        assert_eq!(ok(&[("TS_ACCEPT_DNS", "false")]).accept_dns, Some(false));
+        // With another problem: every one is reported, TS_ACCEPT_DNS among them.
+        let e = errs(&[("TS_ACCEPT_DNS", "true"), ("TS_USERSPACE", "true")]);
+        assert_eq!(vars(&e), ["TS_USERSPACE", "TS_ACCEPT_DNS"]);
+    }
+
+    #[test]
     fn userspace_is_refused_with_a_reason() {
         let e = errs(&[("TS_USERSPACE", "true")]);
         assert!(e[0].message.contains("kernel mode"));
@@ -860,7 +950,7 @@ mod tests {
     fn booleans_follow_go_parsebool_and_bad_ones_are_errors() {
         assert!(!ok(&[("TSBRIDGE_SNAT", "0")]).snat);
         assert!(!ok(&[("TSBRIDGE_MSS_CLAMP", "F")]).mss_clamp);
-        assert!(ok(&[("TS_ACCEPT_DNS", "1")]).accept_dns == Some(true));
+        assert!(ok(&[("TS_ACCEPT_DNS", "0")]).accept_dns == Some(false));
         let e = errs(&[("TSBRIDGE_SNAT", "yes please")]);
         assert_eq!(vars(&e), ["TSBRIDGE_SNAT"]);
         assert_eq!(e[0].value.as_deref(), Some("yes please"));

@@ -13,6 +13,9 @@ NFT=/usr/sbin/nft
 LAB=/opt/lab/bin
 HS_CFG=/run/lab/headscale/config.yaml
 URL=http://192.168.10.1:8080
+# The node reaches the control server by a name only the node's /etc/hosts knows: the spec
+# mounts no /etc files, the service sees the node's through Talos's own default mounts.
+NODE_URL=http://control.lab.test:8080
 DOMAIN=tailnet.test
 NODE_SOCK=/var/run/tailscale/tailscaled.sock
 PEER_SOCK=/run/lab/peer/tailscaled.sock
@@ -49,7 +52,7 @@ hs() { in_ns ctl $LAB/headscale -c "$HS_CFG" "$@"; }
 
 # ---------------------------------------------------------------- the node and the lab
 mkdir -p /run/lab /var/lib /var/run /etc/ssl
-printf '127.0.0.1 localhost\n192.168.10.11 talos-node-1\n' >/etc/hosts
+printf '127.0.0.1 localhost\n192.168.10.11 talos-node-1\n192.168.10.1 control.lab.test\n' >/etc/hosts
 printf 'nameserver 192.168.10.1\n' >/etc/resolv.conf
 sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
 
@@ -172,7 +175,7 @@ write_config() { # write_config [KEY [repeated]]
     echo "name: tailscale"
     echo "environment:"
     [ -n "${1:-}" ] && echo "  - TS_AUTHKEY=$1"
-    echo "  - TS_EXTRA_ARGS=--login-server=$URL"
+    echo "  - TS_EXTRA_ARGS=--login-server=$NODE_URL"
     echo "  - TS_HOSTNAME=node1"
     echo "  - TS_TAILSCALED_EXTRA_ARGS=--no-logs-no-support --port=41641"
     echo "  - TSBRIDGE_LAB_SUBNETS=192.168.10.0/24"
@@ -226,12 +229,15 @@ pid1=$(cut -d' ' -f2 /run/talos-runner/ext-tailscale)
 wait_for 10 is_tsbridge || fail service-running "PID $pid1 is not tsbridge"
 nspid=$(awk '/^NSpid:/ {print $NF}' /proc/$pid1/status)
 [ "$nspid" = 1 ] || fail service-running "tsbridge is PID $nspid in its namespace, not 1"
+for f in /etc/hosts /etc/resolv.conf; do
+  cmp -s "/proc/$pid1/root$f" "$f" || fail service-running "the service does not see the node's $f"
+done
 check service-running "ext-tailscale Running, tsbridge is PID 1 of its own PID namespace (host PID $pid1)"
 
 wait_for 240 backend_running || fail joined "the node's tailscaled is not Running"
 NODE_IP=$(node_ip)
 [ -n "$NODE_IP" ] || fail joined "the node has no 100.x address"
-check joined "the node joined the tailnet with the ExtensionServiceConfig's key as node1 = $NODE_IP"
+check joined "the node joined the tailnet with the ExtensionServiceConfig's key as node1 = $NODE_IP (control server $NODE_URL, a name from the node's /etc/hosts)"
 
 # the key must not be on any command line, nor in the environment of tsbridge's children
 for p in /proc/[0-9]*; do
@@ -308,6 +314,7 @@ check restart "killed with SIGKILL, restarted (restart: always), same address, p
 # ------------------------------------- config change: stop, new config without key, start
 stop_runner
 ms=$STOP_MS
+svc_s=$(sed -n 's/.*task exited \([0-9.]*\) s after SIGTERM.*/\1/p' "$RUNNER_LOG" | tail -n 1)
 write_config "" repeated
 grep -q TS_AUTHKEY "$MC" && fail identity "the new config still has the key"
 log_lines=$(wc -l </var/log/ext-tailscale.log)
@@ -328,13 +335,25 @@ nodes=$(echo "$list" | tr -d ' \n' | grep -o '"given_name":"node1[^"]*"' | wc -l
 wait_for 60 in_ns pod ping -c1 -W2 "$PEER_IP" || fail identity "the pod cannot reach the peer after the restart"
 tail -n +"$((log_lines + 1))" /var/log/ext-tailscale.log | grep -q ' INFO ' ||
   fail identity "no INFO lines with TSBRIDGE_LOG_LEVEL=warn then =info: the first value won"
-check identity "after stop (${ms} ms), new ExtensionServiceConfig without TS_AUTHKEY, start: still node1 = $NODE_IP, pod reaches the peer; a repeated variable: last value wins"
+check identity "after stop (service exited ${svc_s} s after SIGTERM, runner ${ms} ms), new ExtensionServiceConfig without TS_AUTHKEY, start: still node1 = $NODE_IP, pod reaches the peer; a repeated variable: last value wins"
 
 # --------------------------------------- poweroff: Talos stops services, then powers off
+# The runner stops the service as Talos does: SIGTERM to every process of the container at
+# once (tailscaled too), so tailscaled exits while tsbridge tears down.
+log_lines=$(wc -l </var/log/ext-tailscale.log)
 stop_runner
 ms=$STOP_MS
 grep -q 'Sending SIGKILL to task ext-tailscale' "$RUNNER_LOG" && fail poweroff "the service needed SIGKILL"
 [ "$ms" -lt 10000 ] || fail poweroff "stopping took ${ms} ms"
+stop_log=$(tail -n +"$((log_lines + 1))" /var/log/ext-tailscale.log)
+echo "$stop_log" | grep -q 'shutting down' || fail poweroff "tsbridge logged no shutdown: $stop_log"
+echo "$stop_log" | grep -E 'restarting|tailscaled started' &&
+  fail poweroff "tailscaled was restarted during the stop"
+exited=$(sed -n 's/.*task exited \([0-9.]*\) s after SIGTERM to \([0-9]*\) processes.*/\1 \2/p' "$RUNNER_LOG" | tail -n 1)
+exit_s=${exited% *} exit_n=${exited#* }
+[ -n "$exited" ] && [ "$exit_n" -ge 2 ] ||
+  fail poweroff "SIGTERM went to ${exit_n:-no} processes, not to tsbridge and tailscaled: '$exited'"
+awk -v t="$exit_s" 'BEGIN { exit !(t < 2) }' || fail poweroff "the service took $exit_s s to exit after SIGTERM (limit 2 s)"
 left=""
 for p in /proc/[0-9]*; do
   [ "$(readlink $p/ns/net)" = "$(readlink /proc/1/ns/net)" ] || continue
@@ -345,5 +364,5 @@ rules=$($IP rule; $IP -6 rule)
 echo "$rules" | grep -q 'proto 116' && fail poweroff "tsbridge rules left: $(echo "$rules" | grep 'proto 116')"
 $NFT list table inet tsbridge >/dev/null 2>&1 && fail poweroff "table inet tsbridge left"
 grep -q /usr/local/lib/containers/tailscale /proc/mounts && fail poweroff "the service's rootfs is still mounted"
-check poweroff "the service stopped ${ms} ms after SIGTERM, no tsbridge process, rule or nft table left"
+check poweroff "SIGTERM to all $exit_n processes, exited after $exit_s s (runner: ${ms} ms), no restart, no tsbridge process, rule or nft table left"
 echo "QEMU-TEST: all checks passed"
