@@ -879,17 +879,8 @@ fn upgrade_replaces_lookup_main_guards_with_the_goto_shape() {
     let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-state", l.node.0)));
 }
 
-/// GET `path` at `addr` from inside `ns`: (status, body), or None when nothing answers.
-fn get_in(ns: &Netns, addr: SocketAddr, path: &'static str) -> Option<(u16, String)> {
-    ns.run(move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: node\r\n\r\n").ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        let code = out.get(9..12)?.parse().ok()?;
-        Some((code, out.split_once("\r\n\r\n")?.1.to_owned()))
-    })
+fn get_in(ns: &Netns, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    tsbridge_lab::http_get(&tsbridge_lab::Ns(ns.0.clone()), addr, path)
 }
 
 /// `TSBRIDGE_LISTEN=lab:9002`: the listener binds the node's address in the lab subnet
