@@ -119,10 +119,7 @@ pub async fn supervise_tailscaled(
                 };
                 let ran = started.elapsed();
                 if let Some(e) = exit {
-                    crate::metrics::global().tailscaled_exited(match e {
-                        Exit::Code(c) => crate::metrics::ChildExit::Code(c),
-                        Exit::Signal(s) => crate::metrics::ChildExit::Signal(s),
-                    });
+                    crate::metrics::global().tailscaled_exited(e);
                 }
                 let why = exit.map_or_else(|| "exit status lost".to_owned(), |e| e.to_string());
                 status.send_modify(|s| s.backend = BackendState::Down);

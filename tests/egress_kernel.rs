@@ -87,7 +87,7 @@ impl Drop for Netns {
     /// test run), so whatever runs in the namespace goes first; then the files named
     /// after it (daemon state and logs under the temp dir).
     fn drop(&mut self) {
-        remove_netns(&self.0);
+        tsbridge_lab::remove_ns(&self.0);
         if let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) {
             let prefix = format!("{}-", self.0);
             for e in rd.flatten() {
@@ -98,35 +98,6 @@ impl Drop for Netns {
             }
         }
     }
-}
-
-fn remove_netns(name: &str) {
-    for _ in 0..3 {
-        let pids: Vec<i32> = Command::new("ip")
-            .args(["netns", "pids", name])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .filter_map(|p| p.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if pids.is_empty() {
-            break;
-        }
-        for p in pids {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(p),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = Command::new("ip")
-        .args(["netns", "del", name])
-        .stderr(std::process::Stdio::null())
-        .status();
 }
 
 /// Removes namespaces `tsbeg-<pid>-...` (and temp files so named) of runs whose process
@@ -146,7 +117,7 @@ fn sweep_dead_runs() {
     {
         let name = e.file_name().to_string_lossy().into_owned();
         if dead_owner(&name) {
-            remove_netns(&name);
+            tsbridge_lab::remove_ns(&name);
         }
     }
     for e in std::fs::read_dir(std::env::temp_dir())

@@ -67,7 +67,7 @@ pub use container::{Container, OFFICIAL_ENV};
 pub use control::{AuthKey, Control};
 pub use dns::dns_answers;
 pub use lab::{Host, Lab, Pod, Proc};
-pub use netns::{Ns, in_ns, ip, ipn, spawn_in, sweep};
+pub use netns::{Ns, in_ns, ip, ipn, remove_ns, spawn_in, sweep};
 pub use node::http_get;
 pub use proxy::{PROXY_PORT, Proxy};
 pub use tailnet::{Peer, tailnet_addrs};
