@@ -234,6 +234,18 @@ impl World {
         self.lab.pids_named(&self.node.ns, "tailscaled")
     }
 
+    /// The pod echoes through `svc` at the peer's `to` (retrying while the tailnet settles);
+    /// the source address the peer saw. Panics with tsbridge's last log lines.
+    fn pod_echo_seen(&self, svc: &Service, to: IpAddr, limit: Duration, ts: &Proc) -> IpAddr {
+        pod_echo_until(&self.pod.ns, to, limit).unwrap_or_else(|e| {
+            panic!(
+                "pod -> peer {to}: {e}\n{}",
+                tsbridge_lab::tail(&self.lab.log(ts), 30)
+            )
+        });
+        svc.last_source().expect("the peer saw the connection")
+    }
+
     fn node_tailnet_v4(&self) -> Ipv4Addr {
         self.lab
             .wait_running(&self.node, Duration::from_secs(5))
@@ -322,15 +334,8 @@ fn pod_reaches_peer_by_address_and_by_name() {
     let node_v4 = w.node_tailnet_v4();
 
     // 1. By 100.x address; the peer sees the node's tailnet address.
-    pod_echo_until(&w.pod.ns, IpAddr::V4(w.peer.ip4), Duration::from_secs(20)).unwrap_or_else(
-        |e| {
-            panic!(
-                "pod -> peer v4: {e}\n{}",
-                tsbridge_lab::tail(&w.lab.log(&ts), 30)
-            )
-        },
-    );
-    assert_eq!(svc.last_source(), Some(IpAddr::V4(node_v4)));
+    let seen = w.pod_echo_seen(&svc, IpAddr::V4(w.peer.ip4), Duration::from_secs(20), &ts);
+    assert_eq!(seen, IpAddr::V4(node_v4));
     eprintln!(
         "pod {} -> peer {}:{PORT}: ok; the peer saw the node's tailnet address {node_v4}",
         w.pod.addr_v4, w.peer.ip4
@@ -338,9 +343,7 @@ fn pod_reaches_peer_by_address_and_by_name() {
 
     // 2. By fd7a:115c:a1e0:: address from the pod's IPv6 address.
     let peer_v6 = w.peer.ip6.expect("the peer has an IPv6 tailnet address");
-    pod_echo_until(&w.pod.ns, IpAddr::V6(peer_v6), Duration::from_secs(10))
-        .expect("pod -> peer v6");
-    let src6 = svc.last_source().unwrap();
+    let src6 = w.pod_echo_seen(&svc, IpAddr::V6(peer_v6), Duration::from_secs(10), &ts);
     assert!(
         matches!(src6, IpAddr::V6(a) if a.segments()[..3] == [0xfd7a, 0x115c, 0xa1e0]),
         "the peer saw {src6}, not the node's tailnet IPv6 address"
@@ -875,18 +878,13 @@ fn kubespan_traffic_stays_in_wireguard_and_pods_still_reach_the_tailnet() {
     );
 
     // Pods still reach the tailnet peer, by address and by MagicDNS name.
-    pod_echo_until(&w.pod.ns, IpAddr::V4(w.peer.ip4), Duration::from_secs(20)).unwrap_or_else(
-        |e| {
-            panic!(
-                "pod -> peer: {e}\n{}",
-                tsbridge_lab::tail(&w.lab.log(&ts), 30)
-            )
-        },
+    let seen = w.pod_echo_seen(
+        &svc_peer,
+        IpAddr::V4(w.peer.ip4),
+        Duration::from_secs(20),
+        &ts,
     );
-    assert_eq!(
-        svc_peer.last_source(),
-        Some(IpAddr::V4(w.node_tailnet_v4()))
-    );
+    assert_eq!(seen, IpAddr::V4(w.node_tailnet_v4()));
     let name = format!("peer.{}", tsbridge_lab::BASE_DOMAIN);
     let got = resolve_a(&w.pod.ns, "100.100.100.100".parse().unwrap(), &name)
         .unwrap_or_else(|e| panic!("pod resolves {name}: {e}"));
@@ -975,24 +973,12 @@ fn dual_stack_pods_reach_the_tailnet_with_a_patch_generated_configuration() {
         .lab
         .wait_running(&w.node, Duration::from_secs(5))
         .expect("node running");
-    pod_echo_until(&w.pod.ns, IpAddr::V4(w.peer.ip4), Duration::from_secs(20)).unwrap_or_else(
-        |e| {
-            panic!(
-                "pod -> peer v4: {e}\n{}",
-                tsbridge_lab::tail(&w.lab.log(&ts), 30)
-            )
-        },
-    );
-    assert_eq!(svc.last_source(), Some(IpAddr::V4(node_v4)));
+    let seen = w.pod_echo_seen(&svc, IpAddr::V4(w.peer.ip4), Duration::from_secs(20), &ts);
+    assert_eq!(seen, IpAddr::V4(node_v4));
     let peer_v6 = w.peer.ip6.expect("the peer has an IPv6 tailnet address");
-    pod_echo_until(&w.pod.ns, IpAddr::V6(peer_v6), Duration::from_secs(10)).unwrap_or_else(|e| {
-        panic!(
-            "pod -> peer v6: {e}\n{}",
-            tsbridge_lab::tail(&w.lab.log(&ts), 30)
-        )
-    });
+    let seen = w.pod_echo_seen(&svc, IpAddr::V6(peer_v6), Duration::from_secs(10), &ts);
     assert_eq!(
-        svc.last_source(),
+        Some(seen),
         node_v6.map(IpAddr::V6),
         "the peer sees the node's tailnet IPv6 address"
     );
