@@ -13,8 +13,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tsbridge_lab::{Host, Lab, Proc, Tools, wait_until};
 
-/// 4 policy rules (lab subnet, two pod CIDRs, service CIDR) and 4 nft rules.
-const OWNED: (usize, usize) = (4, 4);
+/// 6 policy rules (guards for the lab subnet, two pod CIDRs and the service CIDR, an anchor
+/// per family) and 4 nft rules.
+const OWNED: (usize, usize) = (6, 4);
 /// How long a stop may take, both ways.
 const EXIT_LIMIT: Duration = Duration::from_secs(2);
 

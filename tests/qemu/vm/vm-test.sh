@@ -285,13 +285,16 @@ check pod-name "the pod resolves peer.$DOMAIN via MagicDNS (100.100.100.100) to 
 
 # ------------------------------------------------------- what tsbridge put in the kernel
 rules=$($IP rule; $IP -6 rule)
-echo "$rules" | grep -E '^5100:.*to 192\.168\.10\.0/24 lookup main.*proto 116' >/dev/null ||
+echo "$rules" | grep -E '^5100:.*to 192\.168\.10\.0/24 goto 5300 proto 116' >/dev/null ||
   fail guards "no lab-subnet guard (priority 5100, proto 116)"
-echo "$rules" | grep -E '^5110:.*to 10\.244\.0\.0/16 lookup main.*proto 116' >/dev/null ||
+echo "$rules" | grep -E '^5110:.*to 10\.244\.0\.0/16 goto 5300 proto 116' >/dev/null ||
   fail guards "no pod-CIDR guard (priority 5110, proto 116)"
-echo "$rules" | grep -E '^5120:.*to 10\.96\.0\.0/12 lookup main.*proto 116' >/dev/null ||
+echo "$rules" | grep -E '^5120:.*to 10\.96\.0\.0/12 goto 5300 proto 116' >/dev/null ||
   fail guards "no service-CIDR guard (priority 5120, proto 116)"
-check guards "guard rules 5100/5110/5120 (lab, pod, service CIDRs -> main, proto 116) in place"
+echo "$rules" | grep -E '^5300:.*nop proto 116' >/dev/null ||
+  fail guards "no anchor (priority 5300 nop, proto 116) for the guards to jump to"
+echo "$rules" | grep -q unresolved && fail guards "unresolved guard rules: $rules"
+check guards "guard rules 5100/5110/5120 (lab, pod, service CIDRs -> goto the anchor 5300, proto 116) in place"
 
 table=$($NFT list table inet tsbridge 2>&1) || fail nft "no nftables table inet tsbridge: $table"
 echo "$table" | grep -q 'masquerade' || fail nft "inet tsbridge has no masquerade rule"
