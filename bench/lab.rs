@@ -272,7 +272,7 @@ fn run_tsbridge(lab: &Lab, control: &Control, peer: &Peer, trials: usize, idle: 
         &node.ns,
         trials,
         "ip rule del priority 5100",
-        "ip rule show priority 5100 | grep -q lookup",
+        "ip rule show priority 5100 | grep -q goto",
     );
     let storm = route_storm(lab, &node.ns, p.pid, 10_000);
     let throughput = iperf(lab, &node.ns, &pod.ns, peer);
@@ -367,7 +367,7 @@ fn route_storm(lab: &Lab, ns: &Ns, pid: u32, n: usize) -> Value {
     let state_right = readyz(ns) == Some(200)
         && lab
             .exec_ok(ns, &["sh", "-c", "ip rule; ip -6 rule"])
-            .map(|r| r.matches("proto 116").count() == 4)
+            .map(|r| r.matches("proto 116").count() == 6)
             .unwrap_or(false);
     json!({
         "routes": n,

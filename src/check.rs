@@ -23,6 +23,9 @@ use crate::status::BackendState;
 pub struct Item {
     pub name: &'static str,
     pub ok: bool,
+    /// Not failed, but nothing could be verified (the pod path on a node without pods):
+    /// `ok` is false, and it does not count as failed.
+    pub unverified: bool,
     pub detail: String,
     /// What to change; `None` when it passes.
     pub fix: Option<String>,
@@ -32,6 +35,7 @@ fn pass(name: &'static str, detail: impl Into<String>) -> Item {
     Item {
         name,
         ok: true,
+        unverified: false,
         detail: detail.into(),
         fix: None,
     }
@@ -41,8 +45,19 @@ fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -
     Item {
         name,
         ok: false,
+        unverified: false,
         detail: detail.into(),
         fix: Some(fix.into()),
+    }
+}
+
+fn unverified(name: &'static str, detail: impl Into<String>) -> Item {
+    Item {
+        name,
+        ok: false,
+        unverified: true,
+        detail: detail.into(),
+        fix: None,
     }
 }
 
@@ -103,9 +118,13 @@ pub fn main(json: bool, cluster_dns: ClusterDns) -> ExitCode {
     exit_code(&items)
 }
 
+/// 0 when every check passed; 3 when none failed but some could not be verified; 1
+/// otherwise.
 pub fn exit_code(items: &[Item]) -> ExitCode {
     if !items.is_empty() && items.iter().all(|i| i.ok) {
         ExitCode::SUCCESS
+    } else if !items.is_empty() && items.iter().all(|i| i.ok || i.unverified) {
+        ExitCode::from(3)
     } else {
         ExitCode::from(1)
     }
@@ -114,15 +133,29 @@ pub fn exit_code(items: &[Item]) -> ExitCode {
 pub fn render_text(items: &[Item]) -> String {
     let mut out = String::new();
     for i in items {
-        let mark = if i.ok { "ok  " } else { "FAIL" };
+        let mark = match (i.ok, i.unverified) {
+            (true, _) => "ok  ",
+            (false, true) => "skip",
+            (false, false) => "FAIL",
+        };
         out.push_str(&format!("{mark} {:<13} {}\n", i.name, one_line(&i.detail)));
         if let Some(f) = &i.fix {
             out.push_str(&format!("     {:<13} fix: {}\n", "", one_line(f)));
         }
     }
-    let failed = items.iter().filter(|i| !i.ok).count();
-    if failed == 0 {
+    let failed = items.iter().filter(|i| !i.ok && !i.unverified).count();
+    let skipped: Vec<&str> = items
+        .iter()
+        .filter(|i| i.unverified)
+        .map(|i| i.name)
+        .collect();
+    if failed == 0 && skipped.is_empty() {
         out.push_str("all checks passed: pods on this node can reach the tailnet\n");
+    } else if failed == 0 {
+        out.push_str(&format!(
+            "no check failed, but not verified: {}\n",
+            skipped.join(", ")
+        ));
     } else {
         out.push_str(&format!("{failed} of {} checks failed\n", items.len()));
     }
@@ -132,6 +165,7 @@ pub fn render_text(items: &[Item]) -> String {
 pub fn render_json(items: &[Item]) -> String {
     let v = serde_json::json!({
         "ok": !items.is_empty() && items.iter().all(|i| i.ok),
+        "unverified": items.iter().filter(|i| i.unverified).map(|i| i.name).collect::<Vec<_>>(),
         "checks": items,
     });
     format!("{v}\n")
@@ -491,10 +525,16 @@ fn pod_path_item(p: &PodPath) -> Item {
             why.clone(),
             "a route or rule sends pod traffic elsewhere: compare `ip rule` and `ip route get 100.100.100.100 from <pod ip> iif <pod interface>`",
         ),
+        PodPath::Unconfigured(why) => fail(
+            NAME,
+            why.clone(),
+            "set TSBRIDGE_POD_CIDRS to the cluster's podSubnets, every family (`tsbridge patch --pod-cidr ...` writes it)",
+        ),
+        PodPath::NoPods(why) => unverified(NAME, format!("no pods yet, unverified: {why}")),
         PodPath::Unknown(why) => fail(
             NAME,
             format!("not verified: {why}"),
-            "needs tailscaled Running and at least one pod route on this node",
+            "needs tailscaled Running (its TUN, tailscale0) and the node's routes readable",
         ),
     }
 }
@@ -728,5 +768,34 @@ mod tests {
             via: "tailscale0".into(),
         });
         assert!(p.ok && p.fix.is_none());
+        let p = pod_path_item(&PodPath::Unconfigured("10.0.1.0/24 dev cilium_host".into()));
+        assert!(!p.ok && !p.unverified && p.fix.unwrap().contains("TSBRIDGE_POD_CIDRS"));
+    }
+
+    #[test]
+    fn no_pods_yet_is_neither_ok_nor_failed() {
+        let items = vec![
+            pass("config", "valid"),
+            pod_path_item(&PodPath::NoPods("no route into TSBRIDGE_POD_CIDRS".into())),
+        ];
+        assert!(!items[1].ok && items[1].unverified);
+        assert_eq!(exit_code(&items), ExitCode::from(3));
+        let text = render_text(&items);
+        assert!(
+            text.contains("skip pod-path      no pods yet, unverified: "),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("no check failed, but not verified: pod-path\n"),
+            "{text}"
+        );
+        assert!(!text.contains("all checks passed"), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&render_json(&items)).unwrap();
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["unverified"][0], "pod-path");
+        assert_eq!(v["checks"][1]["unverified"], true);
+        let mut with_failure = items.clone();
+        with_failure.push(fail("magicdns", "no answer", "fix it"));
+        assert_eq!(exit_code(&with_failure), ExitCode::from(1));
     }
 }

@@ -65,25 +65,33 @@ impl Obs {
                 health.set_config_problems(e.0.iter().map(ToString::to_string).collect());
             }
         }
+        let lab_subnets = loaded
+            .config
+            .as_ref()
+            .map(|c| c.lab_subnets.clone())
+            .unwrap_or_default();
         Obs {
             health,
             listener: serve::Settings::from_switches(
                 loaded.listen,
+                &lab_subnets,
                 loaded.enable_health_check,
                 loaded.enable_metrics,
             ),
         }
     }
 
-    async fn serve(
+    /// The listener follows the node's addresses as the egress reconciler sees them.
+    fn serve(
         &self,
         status: watch::Receiver<TailscaleStatus>,
+        addrs: watch::Receiver<crate::egress::EgressHealth>,
     ) -> Option<tokio::task::JoinHandle<()>> {
         let shared = Arc::new(serve::Shared {
             metrics: metrics::global(),
             health: Arc::clone(&self.health),
             status,
-            endpoints: self.listener.map_or(
+            endpoints: self.listener.as_ref().map_or(
                 serve::Endpoints {
                     health: false,
                     metrics: false,
@@ -91,7 +99,7 @@ impl Obs {
                 |s| s.endpoints,
             ),
         });
-        serve::spawn(self.listener, shared).await
+        serve::spawn(self.listener.clone(), shared, addrs)
     }
 
     /// Spawns `fut` as a loop that `/healthz` watches.
@@ -150,7 +158,8 @@ async fn degraded(errors: config::ConfigErrors, obs: Obs) -> ExitCode {
         "tsbridge is degraded: fix the ExtensionServiceConfig (name: tailscale) and apply it; the service restarts with the new configuration"
     );
     let (_status_tx, status_rx) = watch::channel(TailscaleStatus::default());
-    let _http = obs.serve(status_rx).await;
+    let (_addrs_tx, addrs_rx) = watch::channel(crate::egress::EgressHealth::default());
+    let _http = obs.serve(status_rx, addrs_rx);
     wait_for_shutdown().await
 }
 
@@ -205,7 +214,16 @@ async fn daemon(cfg: Config, obs: Obs) -> ExitCode {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (stop_tailscaled_tx, stop_tailscaled_rx) = watch::channel(false);
 
-    let _http = obs.serve(status_rx.clone()).await;
+    // The guards and the egress state first (they do not depend on tailscaled), then the
+    // listener, which follows the addresses the reconciler sees.
+    let egress_stop = tokio_util::sync::CancellationToken::new();
+    let egress = crate::egress::start(&cfg, status_rx.clone(), egress_stop.clone());
+    obs.health.register_task("egress", egress.0.abort_handle());
+    let _egress_health = tokio::spawn(crate::health::follow_egress(
+        Arc::clone(&obs.health),
+        egress.1.clone(),
+    ));
+    let _http = obs.serve(status_rx.clone(), egress.1.clone());
 
     let supervisor = obs.spawn_loop(
         "supervisor",
@@ -229,13 +247,6 @@ async fn daemon(cfg: Config, obs: Obs) -> ExitCode {
         ),
     );
     // Further tasks take `status_rx.clone()` and `shutdown_rx.clone()` here.
-    let egress_stop = tokio_util::sync::CancellationToken::new();
-    let egress = crate::egress::start(&cfg, status_rx.clone(), egress_stop.clone());
-    obs.health.register_task("egress", egress.0.abort_handle());
-    let _egress_health = tokio::spawn(crate::health::follow_egress(
-        Arc::clone(&obs.health),
-        egress.1.clone(),
-    ));
     drop(status_rx);
 
     let sig = tokio::select! {

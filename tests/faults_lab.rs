@@ -13,7 +13,7 @@ use tsbridge_lab::procfs::{cpu_ms, status_kib};
 use tsbridge_lab::{Control, Host, Lab, Pod, Proc, Tools, wait_until};
 
 /// 4 policy rules (lab subnet, two pod CIDRs, service CIDR) and 4 nft rules.
-const OWNED: (usize, usize) = (4, 4);
+const OWNED: (usize, usize) = (6, 4);
 
 /// How many times to repeat a fault: `var` if set, else `long` in the long mode, else once.
 fn count(var: &str, long: usize) -> usize {

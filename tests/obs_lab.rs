@@ -1,17 +1,21 @@
 //! Health, metrics and `tsbridge check` on a lab node (issue 7): a node running
 //! `tsbridge run` (with the real tailscaled) joined to headscale, with a pod behind it.
+//! The listener binds the node's lab address (`TSBRIDGE_LISTEN=lab:9002`) and is read from
+//! another host on the lab network, as a Prometheus in the cluster would scrape it.
 //! Needs root and `make tools`.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use tsbridge_lab::{Control, Host, Lab, Ns, Peer, Pod, Proc, Tools, wait_until};
 
-const LISTEN: &str = "127.0.0.1:9002";
+const PORT: u16 = 9002;
 
-/// GET from inside `ns`: (status, body), or None while nothing listens.
-fn get(ns: &Ns, path: &str) -> Option<(u16, String)> {
-    tsbridge_lab::http_get(ns, LISTEN.parse().unwrap(), path)
+/// GET `http://ADDR:9002/PATH` from inside `ns`: (status, body), or None while nothing
+/// listens.
+fn get_from(ns: &Ns, addr: IpAddr, path: &str) -> Option<(u16, String)> {
+    tsbridge_lab::http_get(ns, SocketAddr::new(addr, PORT), path)
 }
 
 /// A metric's value from an exposition.
@@ -50,8 +54,13 @@ impl World {
             .lab
             .node_env_with_key(&self.control, &self.node)
             .expect("node environment");
-        env.push(("TSBRIDGE_LISTEN".into(), LISTEN.into()));
+        env.push(("TSBRIDGE_LISTEN".into(), format!("lab:{PORT}")));
         env
+    }
+
+    /// GET from the control host: another machine on the lab network.
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        get_from(&self.control.host.ns, IpAddr::V4(self.node.lan_addr), path)
     }
 
     /// `tsbridge check [--json]` in the node, without the cluster-DNS check (this lab has
@@ -70,7 +79,7 @@ impl World {
         let start = Instant::now();
         let mut last = String::new();
         let r = wait_until(limit, "/readyz to pass", || {
-            Ok(match get(&self.node.ns, "/readyz") {
+            Ok(match self.get("/readyz") {
                 Some((200, _)) => Some(()),
                 Some((_, body)) => {
                     last = body;
@@ -89,7 +98,7 @@ impl World {
     }
 
     fn metrics(&self) -> String {
-        let (code, body) = get(&self.node.ns, "/metrics").expect("metrics listener");
+        let (code, body) = self.get("/metrics").expect("metrics listener");
         assert_eq!(code, 200);
         body
     }
@@ -108,7 +117,7 @@ fn health_metrics_and_check_on_a_lab_node() {
     // While it starts, /readyz names what is missing; then it passes.
     let took = w.wait_ready(&ts, Duration::from_secs(60));
     eprintln!("tsbridge ready {took:?} after start");
-    let (code, body) = get(&w.node.ns, "/readyz").unwrap();
+    let (code, body) = w.get("/readyz").unwrap();
     assert_eq!(code, 200, "{body}");
     for part in [
         "ok   tailscaled: Running",
@@ -117,7 +126,11 @@ fn health_metrics_and_check_on_a_lab_node() {
     ] {
         assert!(body.contains(part), "{part} missing in:\n{body}");
     }
-    let (code, body) = get(&w.node.ns, "/healthz").unwrap();
+    let (code, body) = w.get("/healthz").unwrap();
+    assert!(
+        get_from(&w.node.ns, "127.0.0.1".parse().unwrap(), "/healthz").is_none(),
+        "lab:9002 binds the lab address only, not loopback"
+    );
     assert_eq!(code, 200, "{body}");
     for lp in ["http", "supervisor", "join", "egress"] {
         assert!(body.contains(lp), "loop {lp} not listed: {body}");
@@ -191,6 +204,13 @@ fn health_metrics_and_check_on_a_lab_node() {
     .expect("restart counted");
     let took = w.wait_ready(&ts, Duration::from_secs(60));
     eprintln!("ready again {took:?} after kill -9 tailscaled");
+    // What a scraper gets, with restarts, repairs and durations recorded, passes
+    // Prometheus's own text parser and linter (`promtool check metrics`).
+    let m = w.metrics();
+    w.lab
+        .tools
+        .check_metrics(&m)
+        .unwrap_or_else(|e| panic!("{e}\n{m}"));
 
     // After tsbridge stops, check fails and says why.
     assert!(

@@ -134,6 +134,53 @@ fn output_is_deterministic() {
     assert_eq!(a.stdout, b.stdout);
 }
 
+#[test]
+fn machine_config_gives_the_clusters_own_subnets_and_never_echoes_its_secrets() {
+    let dir = std::env::temp_dir().join(format!("tsbridge-patch-mc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mc = dir.join("controlplane.yaml");
+    std::fs::write(
+        &mc,
+        "version: v1alpha1\nmachine:\n    token: machinesecret\ncluster:\n    secret: clustersecret\n    network:\n        podSubnets:\n            - 10.244.0.0/16\n            - fd00:10:244::/56\n        serviceSubnets:\n            - 10.96.0.0/12\n            - fd00:10:96::/112\n",
+    )
+    .unwrap();
+    let mc_arg = mc.to_string_lossy().into_owned();
+    let out = patch(&[BASE, &["--machine-config", &mc_arg]].concat(), &[], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let o = text(&out.stdout);
+    assert!(
+        o.contains("  - \"TSBRIDGE_POD_CIDRS=10.244.0.0/16,fd00:10:244::/56\"\n"),
+        "{o}"
+    );
+    assert!(
+        o.contains("  - \"TSBRIDGE_SERVICE_CIDRS=10.96.0.0/12,fd00:10:96::/112\"\n"),
+        "{o}"
+    );
+    assert!(!o.contains("secret") && !text(&out.stderr).contains("secret"));
+    // Both sources at once: refused.
+    let out = patch(
+        &[
+            BASE,
+            &["--machine-config", &mc_arg, "--pod-cidr", "10.0.0.0/8"],
+        ]
+        .concat(),
+        &[],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--machine-config"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Not a machine configuration.
+    std::fs::write(&mc, "kind: KubeletConfig\n").unwrap();
+    let out = patch(&[BASE, &["--machine-config", &mc_arg]].concat(), &[], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("not a Talos machine configuration"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `--coredns-manifests`: the CoreDNS objects alone, for `kubectl apply` on a running
 /// cluster. Any flags of the patch command may stay on the line (so the objects match the
 /// patch's); the auth key is never read or written.

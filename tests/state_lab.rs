@@ -157,7 +157,7 @@ fn moving_from_the_official_extension_and_back_keeps_the_node() {
     );
     // `tailscale up --reset`: tsbridge's configuration is the whole truth.
     assert_eq!(prefs(&lab, &node)["ShieldsUp"], false);
-    lab.wait_owned(&node.ns, (4, 4), Duration::from_secs(10))
+    lab.wait_owned(&node.ns, (6, 4), Duration::from_secs(10))
         .unwrap();
     lab.ping_until(&pod.ns, peer.ip4.into(), Duration::from_secs(30))
         .unwrap_or_else(|e| {

@@ -46,9 +46,11 @@
 //! (which execs the program, so the pid is the program's), with stdout and stderr in a log
 //! file under the lab directory ([`Lab::log`]).
 
+mod capture;
 mod container;
 mod control;
 mod dns;
+pub mod kubespan;
 mod lab;
 mod netns;
 mod node;
@@ -60,6 +62,7 @@ mod tools;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+pub use capture::{Capture, Captured};
 pub use container::{Container, OFFICIAL_ENV};
 pub use control::{AuthKey, Control};
 pub use dns::dns_answers;

@@ -10,6 +10,10 @@ pub struct Tools {
     pub tailscale: PathBuf,
     pub tailscaled: PathBuf,
     pub headscale: PathBuf,
+    /// wireguard-go (binary `wireguard`), for KubeSpan in the lab.
+    pub wireguard: PathBuf,
+    /// `promtool check metrics`'s checker (tests/promcheck), see [`Tools::check_metrics`].
+    pub promcheck: PathBuf,
     /// containerboot, what the official Talos extension (siderolabs/tailscale) runs.
     /// Checked when a lab runs it ([`Tools::containerboot`]): `make lab` does not need it.
     containerboot: PathBuf,
@@ -45,6 +49,8 @@ impl Tools {
             tailscale: tool("tailscale")?,
             tailscaled: tool("tailscaled")?,
             headscale: tool("headscale")?,
+            wireguard: tool("wireguard")?,
+            promcheck: tool("promcheck")?,
             containerboot: bin.join("containerboot"),
             coredns: bin.join("coredns"),
             tsbridge,
@@ -53,6 +59,37 @@ impl Tools {
 }
 
 impl Tools {
+    /// Checks a Prometheus text exposition with Prometheus's own parser and linter (what
+    /// `promtool check metrics` runs); the error carries promcheck's complaints.
+    pub fn check_metrics(&self, exposition: &str) -> Result<()> {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(&self.promcheck)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| crate::Error(format!("{}: {e}", self.promcheck.display())))?;
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| crate::Error("promcheck: no stdin".into()))?;
+        let written = stdin.write_all(exposition.as_bytes());
+        drop(stdin);
+        let out = child
+            .wait_with_output()
+            .map_err(|e| crate::Error(format!("promcheck: {e}")))?;
+        written.map_err(|e| crate::Error(format!("promcheck stdin: {e}")))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            err(format!(
+                "promcheck rejects the exposition: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
     /// containerboot's path; an error naming the command that builds it when missing.
     pub fn containerboot(&self) -> Result<PathBuf> {
         built(self.containerboot.clone())

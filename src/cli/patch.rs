@@ -29,8 +29,14 @@ Options:
                         used (KubeNodeConfig, KubeletConfig, ...), below the v1alpha1 fields
   --lab-subnet CIDR     the node's identity subnet (required; repeat or comma-separate)
   --control-plane       a control-plane node (adds etcd advertisedSubnets, CoreDNS objects)
-  --pod-cidr CIDR       pod CIDRs (default 10.244.0.0/16; repeat or comma-separate)
+  --pod-cidr CIDR       pod CIDRs (default 10.244.0.0/16; repeat or comma-separate); give
+                        every family the cluster uses (podSubnets), e.g. for dual-stack
+                        --pod-cidr 10.244.0.0/16,fd00:10:244::/56
   --service-cidr CIDR   service CIDRs (default 10.96.0.0/12); cluster DNS = 10th address
+  --machine-config FILE take the pod and service CIDRs from the cluster's own Talos machine
+                        configuration (cluster.network.podSubnets and serviceSubnets, both
+                        families): controlplane.yaml / worker.yaml from `talosctl gen
+                        config`, or `talosctl -n NODE read /system/state/config.yaml`
   --tag TAG             advertise tag:NAME (repeat or comma-separate)
   --hostname NAME       TS_HOSTNAME
   --login-server URL    control server (e.g. a headscale URL)
@@ -72,6 +78,7 @@ pub(crate) fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, CliError> {
     let mut lab = Vec::new();
     let mut pods = Vec::new();
     let mut services = Vec::new();
+    let mut machine_config: Option<String> = None;
     let mut tags = Vec::new();
     let mut control_plane = false;
     let mut hostname = None;
@@ -96,6 +103,7 @@ pub(crate) fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, CliError> {
             Long("lab-subnet") => cidrs("--lab-subnet", &value(parser)?, &mut lab)?,
             Long("pod-cidr") => cidrs("--pod-cidr", &value(parser)?, &mut pods)?,
             Long("service-cidr") => cidrs("--service-cidr", &value(parser)?, &mut services)?,
+            Long("machine-config") => machine_config = Some(value(parser)?),
             Long("tag") => tags.extend(
                 value(parser)?
                     .split(',')
@@ -149,6 +157,19 @@ pub(crate) fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, CliError> {
         )
     })?;
     let mut o = PatchOptions::new(talos, lab);
+    if let Some(path) = machine_config {
+        if !pods.is_empty() || !services.is_empty() {
+            return Err(CliError::Usage(
+                "--machine-config sets the pod and service CIDRs from the cluster's configuration; drop --pod-cidr/--service-cidr, or --machine-config".into(),
+            ));
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| CliError::Usage(format!("--machine-config {path}: {e}")))?;
+        let n = talos::machine_config::cluster_network(&text)
+            .map_err(|e| CliError::Usage(format!("--machine-config {path}: {e}")))?;
+        pods = n.pod_subnets;
+        services = n.service_subnets;
+    }
     if !pods.is_empty() {
         o.pod_cidrs = pods;
     }

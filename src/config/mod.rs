@@ -82,6 +82,25 @@ const CONTAINERBOOT_ONLY: &[&str] = &[
     "TS_KUBERNETES_READ_API_SERVER_ADDRESS_FROM_ENV",
 ];
 
+/// Where the health and metrics listener binds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// A fixed address (`ADDRESS:PORT`).
+    Addr(SocketAddr),
+    /// `lab:PORT`: the node's address in `TSBRIDGE_LAB_SUBNETS`, followed as it appears,
+    /// changes or goes.
+    Lab(u16),
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Addr(a) => write!(f, "{a}"),
+            Listen::Lab(p) => write!(f, "lab:{p}"),
+        }
+    }
+}
+
 /// Why `TS_ACCEPT_DNS=true` (or `--accept-dns` in `TS_EXTRA_ARGS`) is refused.
 pub(crate) const ACCEPT_DNS_REFUSED: &str = "cannot work on Talos: tailscaled would take over the node's DNS by rewriting /etc/resolv.conf, which is read-only in the extension (Talos owns the node's resolver); remove it or set it to false. Pods resolve MagicDNS names through CoreDNS (`tsbridge patch --coredns`), the node through 100.100.100.100";
 
@@ -162,7 +181,7 @@ pub struct Config {
     pub accept_dns: Option<bool>,
     pub auth_once: bool,
     /// Health and metrics listener; `None` when switched off.
-    pub listen: Option<SocketAddr>,
+    pub listen: Option<Listen>,
     pub enable_metrics: Option<bool>,
     pub enable_health_check: Option<bool>,
     pub lab_subnets: Vec<Cidr>,
@@ -235,8 +254,8 @@ pub struct Loaded {
     pub log_level: tracing::Level,
     /// The health listener's address and switches, also known when the rest is invalid, so
     /// a degraded tsbridge still reports why on `/readyz` (an invalid address falls back
-    /// to the default).
-    pub listen: Option<SocketAddr>,
+    /// to the default, and so does `lab:PORT`, which needs the reconciler's address events).
+    pub listen: Option<Listen>,
     pub enable_metrics: Option<bool>,
     pub enable_health_check: Option<bool>,
 }
@@ -388,13 +407,15 @@ where
 
     let problems_before_listen = r.problems.len();
     let listen = r.listen();
-    let degraded_listen = if r.problems.len() > problems_before_listen {
-        DEFAULT_LISTEN.parse().ok()
-    } else {
-        listen
-    };
+    let bad_listen = r.problems.len() > problems_before_listen;
 
     let lab_subnets = r.cidr_list("TSBRIDGE_LAB_SUBNETS", "", true);
+    if matches!(listen, Some(Listen::Lab(_))) && lab_subnets.is_empty() {
+        r.bad(
+            "TSBRIDGE_LISTEN",
+            "lab:PORT binds the node's address in TSBRIDGE_LAB_SUBNETS, which is not set; set it, or give ADDRESS:PORT",
+        );
+    }
     let pod_cidrs = r.cidr_list("TSBRIDGE_POD_CIDRS", DEFAULT_POD_CIDRS, false);
     let service_cidrs = r.cidr_list("TSBRIDGE_SERVICE_CIDRS", DEFAULT_SERVICE_CIDRS, false);
     r.check_cidr_sets(&lab_subnets, &pod_cidrs, &service_cidrs);
@@ -407,6 +428,13 @@ where
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
 
+    let degraded_listen = match listen {
+        _ if bad_listen => DEFAULT_LISTEN.parse().ok().map(Listen::Addr),
+        Some(Listen::Lab(_)) if !r.problems.is_empty() => {
+            DEFAULT_LISTEN.parse().ok().map(Listen::Addr)
+        }
+        other => other,
+    };
     let config = if r.problems.is_empty() {
         Ok(Config {
             auth_key,
@@ -535,20 +563,32 @@ impl Reader<'_> {
         }
     }
 
-    fn listen(&mut self) -> Option<SocketAddr> {
+    fn listen(&mut self) -> Option<Listen> {
         let (var, v) = match (self.get("TSBRIDGE_LISTEN"), self.get("TS_LOCAL_ADDR_PORT")) {
             (Some(v), _) => ("TSBRIDGE_LISTEN", v),
             (None, Some(v)) => ("TS_LOCAL_ADDR_PORT", v),
-            (None, None) => return DEFAULT_LISTEN.parse().ok(),
+            (None, None) => return DEFAULT_LISTEN.parse().ok().map(Listen::Addr),
         };
         if var == "TSBRIDGE_LISTEN" && v == "off" {
             return None;
         }
+        if let Some(port) = v.strip_prefix("lab:").filter(|_| var == "TSBRIDGE_LISTEN") {
+            return match port.parse::<u16>() {
+                Ok(p) if p != 0 => Some(Listen::Lab(p)),
+                _ => {
+                    self.bad(
+                        var,
+                        "expected lab:PORT with a port from 1 to 65535, like lab:9002",
+                    );
+                    None
+                }
+            };
+        }
         match v.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
+            Ok(a) => Some(Listen::Addr(a)),
             Err(_) => {
                 let hint = if var == "TSBRIDGE_LISTEN" {
-                    "expected ADDRESS:PORT like 127.0.0.1:9002 or [::]:9002, or `off`"
+                    "expected ADDRESS:PORT like 127.0.0.1:9002 or [::]:9002, lab:PORT (the node's lab-subnet address), or `off`"
                 } else {
                     "expected ADDRESS:PORT like [::]:9002"
                 };
@@ -707,7 +747,10 @@ mod tests {
         );
         assert!(c.snat && c.mss_clamp);
         assert!(c.lab_subnets.is_empty());
-        assert_eq!(c.listen, Some("127.0.0.1:9002".parse().unwrap()));
+        assert_eq!(
+            c.listen,
+            Some(Listen::Addr("127.0.0.1:9002".parse().unwrap()))
+        );
         assert_eq!(c.tailscaled, PathBuf::from("/opt/ext/tailscaled"));
         assert_eq!(c.tailscale, PathBuf::from("/opt/ext/tailscale"));
         assert_eq!(c.auth_key, None);
@@ -941,15 +984,43 @@ mod tests {
     #[test]
     fn listen_address_precedence() {
         let c = ok(&[("TS_LOCAL_ADDR_PORT", "[::]:9002")]);
-        assert_eq!(c.listen, Some("[::]:9002".parse().unwrap()));
+        assert_eq!(c.listen, Some(Listen::Addr("[::]:9002".parse().unwrap())));
         let c = ok(&[
             ("TS_LOCAL_ADDR_PORT", "[::]:9002"),
             ("TSBRIDGE_LISTEN", "10.0.0.1:9100"),
         ]);
-        assert_eq!(c.listen, Some("10.0.0.1:9100".parse().unwrap()));
+        assert_eq!(
+            c.listen,
+            Some(Listen::Addr("10.0.0.1:9100".parse().unwrap()))
+        );
         assert_eq!(ok(&[("TSBRIDGE_LISTEN", "off")]).listen, None);
         assert_eq!(
             vars(&errs(&[("TS_LOCAL_ADDR_PORT", "9002")])),
+            ["TS_LOCAL_ADDR_PORT"]
+        );
+        // lab:PORT: the node's lab-subnet address, which needs the lab subnets.
+        let c = ok(&[
+            ("TSBRIDGE_LISTEN", "lab:9002"),
+            ("TSBRIDGE_LAB_SUBNETS", "192.168.10.0/24"),
+        ]);
+        assert_eq!(c.listen, Some(Listen::Lab(9002)));
+        assert_eq!(c.listen.unwrap().to_string(), "lab:9002");
+        let e = errs(&[("TSBRIDGE_LISTEN", "lab:9002")]);
+        assert_eq!(vars(&e), ["TSBRIDGE_LISTEN"]);
+        assert!(e[0].message.contains("TSBRIDGE_LAB_SUBNETS"), "{e:?}");
+        for bad in ["lab:", "lab:0", "lab:x", "lab:70000"] {
+            let e = errs(&[
+                ("TSBRIDGE_LISTEN", bad),
+                ("TSBRIDGE_LAB_SUBNETS", "192.168.10.0/24"),
+            ]);
+            assert_eq!(vars(&e), ["TSBRIDGE_LISTEN"], "{bad}");
+        }
+        // containerboot's variable knows addresses only.
+        assert_eq!(
+            vars(&errs(&[
+                ("TS_LOCAL_ADDR_PORT", "lab:9002"),
+                ("TSBRIDGE_LAB_SUBNETS", "192.168.10.0/24"),
+            ])),
             ["TS_LOCAL_ADDR_PORT"]
         );
     }
@@ -1096,13 +1167,26 @@ mod tests {
             Path::new("/x"),
         );
         assert!(l.config.is_err());
-        assert_eq!(l.listen, Some("[::]:9102".parse().unwrap()));
+        assert_eq!(l.listen, Some(Listen::Addr("[::]:9102".parse().unwrap())));
         assert_eq!(l.enable_metrics, Some(false));
         assert_eq!(l.enable_health_check, None);
         // An invalid address falls back to the default for the degraded listener.
+        let default = Some(Listen::Addr(DEFAULT_LISTEN.parse().unwrap()));
         let l = load(env(&[("TSBRIDGE_LISTEN", "nowhere")]), Path::new("/x"));
         assert!(l.config.is_err());
-        assert_eq!(l.listen, Some(DEFAULT_LISTEN.parse().unwrap()));
+        assert_eq!(l.listen, default);
+        // So does lab:PORT, which follows the reconciler's address events (none when
+        // degraded).
+        let l = load(
+            env(&[
+                ("TSBRIDGE_LISTEN", "lab:9002"),
+                ("TSBRIDGE_LAB_SUBNETS", "192.168.10.0/24"),
+                ("TS_USERSPACE", "1"),
+            ]),
+            Path::new("/x"),
+        );
+        assert!(l.config.is_err());
+        assert_eq!(l.listen, default);
         let l = load(env(&[("TSBRIDGE_LISTEN", "off")]), Path::new("/x"));
         assert_eq!(l.listen, None);
         let e = errs(&[("TSBRIDGE_LOG_FORMAT", "xml")]);

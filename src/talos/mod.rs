@@ -10,6 +10,7 @@
 //! their own unit (`coredns.rs`).
 
 mod coredns;
+pub mod machine_config;
 mod yaml;
 
 use std::ffi::OsString;
