@@ -97,6 +97,11 @@ impl Proxies {
             .map(|(k, v)| ((*k).to_owned(), v.expose().to_owned()))
     }
 
+    /// The variables with their values redacted, for showing them.
+    pub fn redacted(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
+        self.0.iter().map(|(k, v)| (*k, v.to_string()))
+    }
+
     /// The value Go uses for `upper` (`HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY`): the
     /// upper-case variable, else the lower-case one.
     pub fn effective(&self, upper: &str) -> Option<&ProxyValue> {

@@ -97,8 +97,9 @@ impl World {
         let took = t0.elapsed();
         let seen = watch.finish();
         let log = self.lab.log(&self.ts);
+        // tsbridge's own lines (not tailscaled's, which it forwards) from the shutdown on.
         let log = match log.find("shutting down") {
-            Some(i) => log[log[..i].rfind('\n').map_or(0, |n| n + 1)..].to_owned(),
+            Some(i) => own_lines(&log[log[..i].rfind('\n').map_or(0, |n| n + 1)..]),
             None => panic!("no shutdown in the log:\n{}", tsbridge_lab::tail(&log, 40)),
         };
         assert!(st.success(), "exit status {st}\n{log}");
@@ -128,6 +129,13 @@ impl World {
         eprintln!("stopped in {took:?}");
         log
     }
+}
+
+fn own_lines(log: &str) -> String {
+    log.lines()
+        .filter(|l| !l.contains("source=\"tailscaled\""))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Every tailscaled pid seen in the node until [`TailscaledWatch::finish`].
@@ -224,7 +232,7 @@ fn tailscaled_gone_before_tsbridge_sees_its_sigterm_is_not_a_crash() {
         .unwrap();
         sigterm(tsbridge);
     });
-    let all = w.lab.log(&w.ts);
+    let all = own_lines(&w.lab.log(&w.ts));
     assert!(
         !all.contains("restarting") && all.matches("tailscaled started").count() == 1,
         "tailscaled's exit was taken for a crash:\n{}",

@@ -32,7 +32,7 @@ impl Lab {
         as_pod: bool,
         probe: IpAddr,
     ) -> Result<Proc> {
-        let bin = self.tools.coredns.to_string_lossy().into_owned();
+        let bin = self.tools.coredns()?.to_string_lossy().into_owned();
         let p = if as_pod {
             self.spawn(
                 ns,

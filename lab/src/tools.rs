@@ -17,8 +17,9 @@ pub struct Tools {
     /// containerboot, what the official Talos extension (siderolabs/tailscale) runs.
     /// Checked when a lab runs it ([`Tools::containerboot`]): `make lab` does not need it.
     containerboot: PathBuf,
-    /// The real CoreDNS (the lab's cluster DNS, `dns.rs`).
-    pub coredns: PathBuf,
+    /// The real CoreDNS (the lab's cluster DNS, `dns.rs`); checked when a lab runs it
+    /// ([`Tools::coredns`]).
+    coredns: PathBuf,
     /// The tsbridge binary under test (tests pass `env!("CARGO_BIN_EXE_tsbridge")`).
     pub tsbridge: PathBuf,
 }
@@ -51,7 +52,7 @@ impl Tools {
             wireguard: tool("wireguard")?,
             promcheck: tool("promcheck")?,
             containerboot: bin.join("containerboot"),
-            coredns: tool("coredns")?,
+            coredns: bin.join("coredns"),
             tsbridge,
         })
     }
@@ -92,6 +93,11 @@ impl Tools {
     /// containerboot's path; an error naming the command that builds it when missing.
     pub fn containerboot(&self) -> Result<PathBuf> {
         built(self.containerboot.clone())
+    }
+
+    /// CoreDNS's path; an error naming the command that builds it when missing.
+    pub fn coredns(&self) -> Result<PathBuf> {
+        built(self.coredns.clone())
     }
 }
 

@@ -112,6 +112,14 @@ pub fn settings(cfg: &Config, env: &BTreeMap<String, String>) -> Vec<Setting> {
         set: true,
         from: None,
     }));
+    // Passed on to tailscaled and tailscale (usually Talos's machine.env), credentials
+    // redacted.
+    out.extend(cfg.proxies.redacted().map(|(k, v)| Setting {
+        var: k.to_owned(),
+        value: v,
+        set: true,
+        from: None,
+    }));
     out
 }
 
@@ -262,6 +270,20 @@ mod tests {
         }
         // Every line is `VARIABLE=value`, then the mark.
         assert!(text.lines().all(|l| l.contains('=') && l.contains("  # ")));
+    }
+
+    #[test]
+    fn proxy_variables_are_shown_without_their_credentials() {
+        let (_, text) = show(&[
+            ("https_proxy", "http://corp:pr0xy-pass@proxy.corp:3128"),
+            ("NO_PROXY", "10.0.0.0/8"),
+        ]);
+        assert!(!text.contains("pr0xy-pass"), "{text}");
+        assert!(
+            line(&text, "https_proxy")
+                .starts_with("https_proxy=http://[redacted]@proxy.corp:3128 ")
+        );
+        assert!(line(&text, "NO_PROXY").ends_with("# set"));
     }
 
     #[test]

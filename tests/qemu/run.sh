@@ -42,10 +42,13 @@ show() {
   tr -d '\r' <"$console" | grep -av '^\s*$' | tail -n 250 >&2
   echo "----- end of console log -----" >&2
 }
+# Read once: `tr | grep -m1` fails under pipefail when grep exits before tr has written a
+# long log (SIGPIPE), which named a check that was there as missing.
+lines=$(tr -d '\r' <"$console")
 for c in "${CHECKS[@]}"; do
-  line=$(tr -d '\r' <"$console" | grep -a -m1 "^CHECK $c: ") || {
+  line=$(grep -a -m1 "^CHECK $c: " <<<"$lines") || {
     show
-    fail_line=$(tr -d '\r' <"$console" | grep -a -m1 '^FAIL ' || true)
+    fail_line=$(grep -a -m1 '^FAIL ' <<<"$lines" || true)
     die "QEMU test: check '$c' missing${fail_line:+ ($fail_line)}${qrc:+; qemu exit $qrc}"
   }
   echo "ok  ${line#CHECK }"
