@@ -3,7 +3,8 @@
 //! Read-only: it asks tailscaled's LocalAPI, dumps the kernel's rules, nftables and routes
 //! (the same pure diff the reconciler uses), asks MagicDNS for a peer's name and then the
 //! cluster DNS for the same name (the path a pod's query takes). Each check prints ok/FAIL,
-//! what it saw, and a one-line fix. Exit status 0 only when all pass.
+//! what it saw, and a one-line fix. Exit status 0 only when all pass (3 when none failed
+//! but something could not be verified).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;

@@ -59,12 +59,14 @@ Explains whether a pod on this node can reach the tailnet: tailscaled's state an
 addresses, tsbridge's guard rules and nftables table, the route a pod packet to the
 tailnet takes, the node-identity guard, a MagicDNS query to 100.100.100.100 for a peer's
 name, and the same query to the cluster DNS (what a pod asks), whose answer must match.
-Each check prints ok or FAIL with a one-line fix. Run it on the node (host network
-namespace, as root) with the service's environment. Exit status 0 only when every check
-passes.
+Each check prints ok or FAIL with a one-line fix, or skip when there is nothing to verify
+yet (the pod path on a node without pods). Run it on the node (host network namespace, as
+root) with the service's environment. Exit status 0 only when every check passes, 3 when
+none failed but one could not be verified, 1 otherwise.
 
 Options:
-  --json              one JSON object: {\"ok\": bool, \"checks\": [{name, ok, detail, fix}]}
+  --json              one JSON object: {\"ok\": bool, \"unverified\": [names],
+                      \"checks\": [{name, ok, unverified, detail, fix}]}
   --cluster-dns ADDR  the cluster DNS to ask (IP or IP:PORT); default the 10th address of
                       the first service CIDR (TSBRIDGE_SERVICE_CIDRS), 10.96.0.10 by
                       default; `off` skips the check
