@@ -68,6 +68,7 @@ pub fn global() -> &'static Metrics {
 #[derive(Debug)]
 pub struct Metrics {
     start_unix: f64,
+    started: std::time::Instant,
     tailscaled_starts: AtomicU64,
     tailscaled_restarts: AtomicU64,
     /// `>= 0`: exit code; `< 0`: minus the signal number; [`NO_EXIT`]: none yet.
@@ -95,6 +96,7 @@ impl Metrics {
     pub fn new() -> Self {
         Metrics {
             start_unix: unix_now(),
+            started: std::time::Instant::now(),
             tailscaled_starts: AtomicU64::new(0),
             tailscaled_restarts: AtomicU64::new(0),
             tailscaled_last_exit: AtomicI64::new(NO_EXIT),
@@ -109,6 +111,11 @@ impl Metrics {
             config_warnings: AtomicU64::new(0),
             join_failures: AtomicU64::new(0),
         }
+    }
+
+    /// Time since the registry was made (at start-up, before anything is spawned).
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// tailscaled was spawned; every spawn after the first counts as a restart.
