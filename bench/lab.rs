@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use tsbridge_lab::{Control, Host, Lab, Ns, Peer, Proc, Tools, wait_until};
+use tsbridge_lab::procfs::{cpu_ms, rss_kib, status_kib};
+use tsbridge_lab::{Control, Host, Lab, Ns, Peer, Proc, Tools, in_ns, wait_until};
 
 const LISTEN: &str = "127.0.0.1:9002";
 
@@ -164,17 +165,6 @@ fn git_commit() -> String {
         .unwrap_or_default()
 }
 
-fn in_ns<T: Send + 'static>(ns: &Ns, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{}", ns.name());
-    std::thread::spawn(move || {
-        let fd = std::fs::File::open(&path).expect("open netns");
-        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("namespace thread panicked")
-}
-
 fn readyz(ns: &Ns) -> Option<u16> {
     in_ns(ns, || {
         let addr: SocketAddr = LISTEN.parse().unwrap();
@@ -185,22 +175,6 @@ fn readyz(ns: &Ns) -> Option<u16> {
         s.read_to_string(&mut out).ok()?;
         out.get(9..12)?.parse().ok()
     })
-}
-
-/// Resident memory (KiB) of a process.
-fn rss_kib(pid: u32) -> u64 {
-    status_field(pid, "VmRSS:")
-}
-
-fn status_field(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// Context switches (voluntary + involuntary) over all threads: each is a wake-up.
@@ -231,9 +205,7 @@ fn wakeups_per_min(pid: u32, idle: Duration) -> f64 {
 }
 
 fn tailscaled_pid(lab: &Lab, ns: &Ns) -> Option<u32> {
-    lab.ns_pids(ns).into_iter().find(|p| {
-        std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "tailscaled")
-    })
+    lab.pids_named(ns, "tailscaled").first().copied()
 }
 
 fn key(lab: &Lab, control: &Control) -> String {
@@ -401,7 +373,7 @@ fn route_storm(lab: &Lab, ns: &Ns, pid: u32, n: usize) -> Value {
         "routes": n,
         "storm_ms": took.as_secs_f64() * 1000.0,
         "cpu_ms": cpu_ms(pid) - cpu0,
-        "peak_rss_kib": status_field(pid, "VmHWM:"),
+        "peak_rss_kib": status_kib(pid, "VmHWM:"),
         "state_right_after": state_right,
     })
 }
@@ -439,20 +411,6 @@ fn iperf(lab: &Lab, node: &Ns, pod: &Ns, peer: &Peer) -> Value {
             _ => None,
         },
     })
-}
-
-/// User + system CPU time of a process so far (ms).
-fn cpu_ms(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    ticks as f64 * 1000.0 / hz
 }
 
 /// Deletes an object `trials` times and measures until `present` succeeds again (the

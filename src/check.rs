@@ -142,14 +142,27 @@ struct PeerStatus {
     online: bool,
 }
 
+const STATUS_LIMIT: Duration = Duration::from_secs(3);
+
+/// Why tailscaled's status could not be read.
+#[derive(Debug, thiserror::Error)]
+enum StatusError {
+    #[error("the LocalAPI did not answer within {} s", STATUS_LIMIT.as_secs())]
+    Timeout,
+    #[error(transparent)]
+    Api(#[from] crate::localapi::ApiError),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
 async fn run_checks(cfg: &Config) -> Vec<Item> {
     let mut items = vec![pass("config", "valid")];
     let api = LocalApi::new(&cfg.socket);
-    let status = tokio::time::timeout(Duration::from_secs(3), api.get("/localapi/v0/status"))
-        .await
-        .map_err(|_| "the LocalAPI did not answer within 3 s".to_owned())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-        .and_then(|b| serde_json::from_slice::<FullStatus>(&b).map_err(|e| e.to_string()));
+    let status = match tokio::time::timeout(STATUS_LIMIT, api.get("/localapi/v0/status")).await {
+        Err(_) => Err(StatusError::Timeout),
+        Ok(Err(e)) => Err(StatusError::Api(e)),
+        Ok(Ok(b)) => serde_json::from_slice::<FullStatus>(&b).map_err(StatusError::Json),
+    };
     items.push(tailscaled_item(&status, cfg));
 
     let ecfg = EgressConfig::from_config(cfg);
@@ -170,7 +183,7 @@ async fn run_checks(cfg: &Config) -> Vec<Item> {
     items
 }
 
-fn tailscaled_item(status: &Result<FullStatus, String>, cfg: &Config) -> Item {
+fn tailscaled_item(status: &Result<FullStatus, StatusError>, cfg: &Config) -> Item {
     const NAME: &str = "tailscaled";
     let s = match status {
         Ok(s) => s,
@@ -340,7 +353,7 @@ async fn magicdns_item(status: Option<&FullStatus>) -> Item {
         })
         .collect();
     let server = SocketAddr::from((Ipv4Addr::new(100, 100, 100, 100), 53));
-    match query_a(server, &name, Duration::from_secs(2)).await {
+    match crate::dns::query_a(server, &name, Duration::from_secs(2)).await {
         Ok(got) if !got.is_empty() && (want.is_empty() || got.iter().any(|a| want.contains(a))) => {
             let shown: Vec<String> = got.iter().map(ToString::to_string).collect();
             pass(
@@ -359,83 +372,6 @@ async fn magicdns_item(status: Option<&FullStatus>) -> Item {
             "100.100.100.100 must route into tailscale0 (table 52); check `ip route get 100.100.100.100`",
         ),
     }
-}
-
-/// One DNS A query over UDP; the A records of the answer.
-pub async fn query_a(
-    server: SocketAddr,
-    name: &str,
-    limit: Duration,
-) -> Result<Vec<Ipv4Addr>, String> {
-    let id: u16 = (std::process::id() as u16) ^ 0x5a5a;
-    let q = encode_query(id, name)?;
-    let sock = tokio::net::UdpSocket::bind("0.0.0.0:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    sock.send_to(&q, server).await.map_err(|e| e.to_string())?;
-    let mut buf = [0u8; 1500];
-    let n = tokio::time::timeout(limit, sock.recv(&mut buf))
-        .await
-        .map_err(|_| format!("no answer within {} s", limit.as_secs()))?
-        .map_err(|e| e.to_string())?;
-    decode_a(id, &q, &buf[..n])
-}
-
-pub fn encode_query(id: u16, name: &str) -> Result<Vec<u8>, String> {
-    let mut q = Vec::with_capacity(32 + name.len());
-    q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.trim_end_matches('.').split('.') {
-        if label.is_empty() || label.len() > 63 {
-            return Err(format!("not a DNS name: {name:?}"));
-        }
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    Ok(q)
-}
-
-/// The A records of an answer to `query` (whose question it must repeat).
-pub fn decode_a(id: u16, query: &[u8], r: &[u8]) -> Result<Vec<Ipv4Addr>, String> {
-    if r.len() < 12 || r[0..2] != id.to_be_bytes() {
-        return Err("malformed DNS answer".into());
-    }
-    let rcode = r[3] & 0x0f;
-    if rcode != 0 {
-        return Err(format!("DNS error rcode {rcode}"));
-    }
-    let an = u16::from_be_bytes([r[6], r[7]]);
-    if r.get(12..query.len()) != query.get(12..) {
-        return Err("DNS answer for another question".into());
-    }
-    let mut i = query.len();
-    let mut out = Vec::new();
-    for _ in 0..an {
-        // The owner name: a compression pointer or labels.
-        if r.get(i).is_some_and(|b| b & 0xc0 == 0xc0) {
-            i += 2;
-        } else {
-            while let Some(&len) = r.get(i) {
-                if len == 0 {
-                    break;
-                }
-                i += usize::from(len) + 1;
-            }
-            i += 1;
-        }
-        let Some(rr) = r.get(i..i + 10) else { break };
-        let ty = u16::from_be_bytes([rr[0], rr[1]]);
-        let len = usize::from(u16::from_be_bytes([rr[8], rr[9]]));
-        i += 10;
-        if ty == 1 && len == 4 {
-            if let Some(a) = r.get(i..i + 4) {
-                out.push(Ipv4Addr::new(a[0], a[1], a[2], a[3]));
-            }
-        }
-        i += len;
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -460,29 +396,6 @@ mod tests {
         assert_eq!(v["checks"][0]["fix"], serde_json::Value::Null);
         let v: serde_json::Value = serde_json::from_str(&render_json(&ok)).unwrap();
         assert_eq!(v["ok"], true);
-    }
-
-    #[test]
-    fn dns_query_round_trip() {
-        let q = encode_query(0x1234, "peer.tail.ts.net.").unwrap();
-        // An answer: header, the question, one A record with a pointer to the name.
-        let mut r = q.clone();
-        r[2] = 0x81;
-        r[3] = 0x80;
-        r[7] = 1;
-        r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 100, 64, 0, 7]);
-        assert_eq!(
-            decode_a(0x1234, &q, &r),
-            Ok(vec![Ipv4Addr::new(100, 64, 0, 7)])
-        );
-        assert!(decode_a(0x4321, &q, &r).is_err());
-        r[3] = 0x83; // NXDOMAIN
-        assert!(decode_a(0x1234, &q, &r).unwrap_err().contains("rcode 3"));
-        assert!(encode_query(1, "a..b").is_err());
-        // Truncated answers never panic.
-        for n in 0..r.len() {
-            let _ = decode_a(0x1234, &q, &r[..n]);
-        }
     }
 
     #[test]

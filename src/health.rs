@@ -9,7 +9,6 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::metrics::backend_label;
 use crate::status::{BackendState, TailscaleStatus};
 
 /// The verdict of one readiness part, as its owner last reported it.
@@ -247,7 +246,7 @@ pub fn readiness(s: &Snapshot) -> (bool, Vec<Part>) {
             (BackendState::Running, 0) => "Running, but no tailnet address yet".into(),
             (BackendState::Running, n) => format!("Running with {n} tailnet addresses"),
             (BackendState::Down, _) => "not running or LocalAPI unreachable".into(),
-            (b, _) => format!("backend state {} (want Running)", backend_label(b)),
+            (b, _) => format!("backend state {} (want Running)", b.name()),
         },
     });
     parts.push(check_part(

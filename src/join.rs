@@ -17,11 +17,15 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use crate::backoff::{Backoff, random_u64};
 use crate::config::Config;
+use crate::egress::kernel::link_index;
 use crate::localapi::{ApiError, LocalApi, Notify, WATCH_MASK};
+use crate::reaper::{Reaper, terminate};
 use crate::secret::{Secret, redact};
+use crate::shutdown::until_shutdown;
 use crate::status::{BackendState, TailscaleStatus};
-use crate::supervisor::{Backoff, Reaper, child_env, random_u64, terminate, until_shutdown};
+use crate::tailscaled::{self, child_env};
 
 /// What the join side knows when it decides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,35 +132,37 @@ pub fn up_args(cfg: &Config, key_fd: Option<i32>) -> Vec<String> {
     args
 }
 
-/// Why `tailscale up` failed, in words that say what to change.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Why `tailscale up` failed, in words that say what to change. The `String`s are
+/// `tailscale up`'s own words (redacted stderr), kept as the detail.
+#[derive(Debug, thiserror::Error)]
 pub enum UpFailure {
+    #[error(
+        "the control server rejected the auth key (expired, already used, or wrong): set a fresh TS_AUTHKEY ({0})"
+    )]
     KeyRejected(String),
+    #[error(
+        "the control server refused the requested tags: check --advertise-tags in TS_EXTRA_ARGS against the tailnet policy's tagOwners (a tagged auth key brings its own tags) ({0})"
+    )]
     TagsRejected(String),
-    KeyUnreadable(String),
+    #[error("cannot read the auth key: {0}")]
+    KeyUnreadable(#[source] std::io::Error),
+    #[error(
+        "tailscale up timed out waiting for Running: check that the control server is reachable ({0})"
+    )]
     Timeout(String),
+    #[error(
+        "tailscale up timed out waiting for Running: check that the control server is reachable (tailscale up did not exit)"
+    )]
+    Hung,
+    #[error("tailscale up failed: key pipe: {0}")]
+    KeyPipe(#[source] std::io::Error),
+    #[error("tailscale up failed: cannot start {}: {source}", .program.display())]
+    Spawn {
+        program: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("tailscale up failed: {0}")]
     Other(String),
-}
-
-impl std::fmt::Display for UpFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            UpFailure::KeyRejected(d) => write!(
-                f,
-                "the control server rejected the auth key (expired, already used, or wrong): set a fresh TS_AUTHKEY ({d})"
-            ),
-            UpFailure::TagsRejected(d) => write!(
-                f,
-                "the control server refused the requested tags: check --advertise-tags in TS_EXTRA_ARGS against the tailnet policy's tagOwners (a tagged auth key brings its own tags) ({d})"
-            ),
-            UpFailure::KeyUnreadable(d) => write!(f, "cannot read the auth key: {d}"),
-            UpFailure::Timeout(d) => write!(
-                f,
-                "tailscale up timed out waiting for Running: check that the control server is reachable ({d})"
-            ),
-            UpFailure::Other(d) => write!(f, "tailscale up failed: {d}"),
-        }
-    }
 }
 
 /// Classifies `tailscale up`'s stderr (already redacted).
@@ -206,7 +212,7 @@ fn key_pipe(key: &Secret) -> std::io::Result<OwnedFd> {
 /// Runs `tailscale up`; `Ok(())` when it exited 0.
 pub async fn run_up(cfg: &Config, reaper: &Reaper, key: Option<Secret>) -> Result<(), UpFailure> {
     let pipe = match &key {
-        Some(k) => Some(key_pipe(k).map_err(|e| UpFailure::Other(format!("key pipe: {e}")))?),
+        Some(k) => Some(key_pipe(k).map_err(UpFailure::KeyPipe)?),
         None => None,
     };
     drop(key);
@@ -221,22 +227,22 @@ pub async fn run_up(cfg: &Config, reaper: &Reaper, key: Option<Secret>) -> Resul
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(fd) = fd {
-        // Inheritable for this one spawn only. Without a pre_exec closure std spawns with
-        // posix_spawn, so there is no fork-to-exec window in which /proc/<child>/environ
-        // shows tsbridge's own environment (TS_AUTHKEY) under the child's pid (the key
-        // leak test caught such a window). The runtime is current-thread: no other child
-        // is spawned before the read end is closed right after this spawn.
+        // Inheritable for this one spawn only, cleared here rather than in a pre_exec
+        // closure (which would be unsafe code running between fork and exec). Until its
+        // exec the child is still tsbridge's image, so its /proc environ is tsbridge's own
+        // environment, which holds TS_AUTHKEY as Talos passed it; the key never enters the
+        // child's environment, argv or a file (tests/join.rs scans all three). The runtime
+        // is current-thread: no other child is spawned before the read end is closed
+        // right after this spawn.
         // SAFETY: plain fcntl on an fd this function owns.
         if unsafe { nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) } == -1 {
-            return Err(UpFailure::Other(format!(
-                "key pipe: {}",
-                std::io::Error::last_os_error()
-            )));
+            return Err(UpFailure::KeyPipe(std::io::Error::last_os_error()));
         }
     }
-    let mut child = reaper
-        .spawn(&mut cmd)
-        .map_err(|e| UpFailure::Other(format!("cannot start {}: {e}", cfg.tailscale.display())))?;
+    let mut child = reaper.spawn(&mut cmd).map_err(|source| UpFailure::Spawn {
+        program: cfg.tailscale.clone(),
+        source,
+    })?;
     drop(pipe);
     // Dropped on shutdown while `up` still runs: do not leave it behind.
     let mut guard = KillOnDrop(Some(child.pid));
@@ -270,7 +276,7 @@ pub async fn run_up(cfg: &Config, reaper: &Reaper, key: Option<Secret>) -> Resul
             };
             Err(classify_up_failure(&text))
         }
-        None => Err(UpFailure::Timeout("tailscale up did not exit".into())),
+        None => Err(UpFailure::Hung),
     }
 }
 
@@ -301,13 +307,6 @@ async fn read_all(fd: Option<OwnedFd>) -> String {
 }
 
 type UpFuture = Pin<Box<dyn Future<Output = Result<(), UpFailure>> + Send>>;
-
-/// The interface index of `tailscale0`, if it exists.
-pub fn tun_index() -> Option<u32> {
-    // SAFETY: a valid NUL-terminated name; if_nametoindex only reads it.
-    let i = unsafe { nix::libc::if_nametoindex(c"tailscale0".as_ptr()) };
-    (i != 0).then_some(i)
-}
 
 /// Follows tailscaled over the LocalAPI and joins the tailnet, until shutdown. Publishes
 /// what it learns on `status`.
@@ -376,7 +375,7 @@ pub async fn run(
                         match cfg.auth_key.as_ref().map(|k| k.load()) {
                             Some(Ok(k)) => Some(k),
                             Some(Err(e)) => {
-                                let f = UpFailure::KeyUnreadable(e.to_string());
+                                let f = UpFailure::KeyUnreadable(e);
                                 report(&status, &mut last_problem, f.to_string());
                                 retry_at = Some(
                                     Instant::now()
@@ -560,7 +559,7 @@ fn publish_self(
     addrs: Vec<std::net::IpAddr>,
     suffix: Option<String>,
 ) {
-    let tun = tun_index();
+    let tun = link_index(tailscaled::DEFAULT_TUN);
     let changed = status.send_if_modified(|s| {
         let new = TailscaleStatus {
             backend: backend.unwrap_or(s.backend),
@@ -724,7 +723,10 @@ mod tests {
             "{recorded}"
         );
         let f = classify_up_failure("something else\n\n");
-        assert_eq!(f, UpFailure::Other("something else".into()));
+        assert!(
+            matches!(&f, UpFailure::Other(d) if d == "something else"),
+            "{f:?}"
+        );
         assert!(
             classify_up_failure("invalid key")
                 .to_string()

@@ -3,9 +3,11 @@
 //! The library holds everything; `main.rs` only dispatches. Pure planning lives in plain
 //! functions over plain data; kernel and process effects are small adapters.
 
+pub mod backoff;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod dns;
 pub mod egress;
 pub mod health;
 pub mod join;
@@ -13,10 +15,12 @@ pub mod localapi;
 pub mod logging;
 pub mod metrics;
 pub mod net;
-mod patch_cli;
+pub mod reaper;
 pub mod run;
 pub mod secret;
 pub mod serve;
+pub mod shutdown;
 pub mod status;
 pub mod supervisor;
+pub mod tailscaled;
 pub mod talos;

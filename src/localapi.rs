@@ -39,6 +39,8 @@ pub enum ApiError {
     },
     #[error("LocalAPI sent malformed HTTP: {0}")]
     Http(String),
+    #[error("LocalAPI sent malformed HTTP: {0}")]
+    Chunk(#[from] ChunkError),
     #[error("LocalAPI sent malformed JSON: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -342,7 +344,7 @@ impl Body {
 
     fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), ApiError> {
         match self {
-            Body::Chunked(d) => d.feed(input, out).map_err(ApiError::Http),
+            Body::Chunked(d) => Ok(d.feed(input, out)?),
             Body::Length(left) => {
                 let n = input.len().min(*left);
                 out.extend_from_slice(&input[..n]);
@@ -373,6 +375,17 @@ impl Body {
     }
 }
 
+/// Why a chunked body cannot be decoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkError {
+    #[error("chunk size line too long")]
+    LineTooLong,
+    #[error("bad chunk size {0:?}")]
+    BadSize(String),
+    #[error("missing CRLF after chunk")]
+    MissingCrlf,
+}
+
 /// Incremental decoder of `Transfer-Encoding: chunked`.
 #[derive(Debug, Default)]
 pub struct ChunkDecoder {
@@ -396,14 +409,14 @@ enum ChunkState {
 
 impl ChunkDecoder {
     /// Decodes `input` (any split), appending data bytes to `out`.
-    pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), ChunkError> {
         while !input.is_empty() {
             match self.state {
                 ChunkState::Size | ChunkState::Trailer | ChunkState::DataEnd => {
                     let Some(pos) = input.iter().position(|&b| b == b'\n') else {
                         self.line.extend_from_slice(input);
                         if self.line.len() > 1024 {
-                            return Err("chunk size line too long".into());
+                            return Err(ChunkError::LineTooLong);
                         }
                         return Ok(());
                     };
@@ -414,11 +427,10 @@ impl ChunkDecoder {
                     self.state = match self.state {
                         ChunkState::Size => {
                             let hex = line.split(|&b| b == b';').next().unwrap_or_default();
-                            let hex = std::str::from_utf8(hex)
-                                .map_err(|_| "bad chunk size".to_string())?
-                                .trim();
+                            let hex = String::from_utf8_lossy(hex);
+                            let hex = hex.trim();
                             let n = usize::from_str_radix(hex, 16)
-                                .map_err(|_| format!("bad chunk size {hex:?}"))?;
+                                .map_err(|_| ChunkError::BadSize(hex.to_owned()))?;
                             if n == 0 {
                                 ChunkState::Trailer
                             } else {
@@ -426,7 +438,7 @@ impl ChunkDecoder {
                             }
                         }
                         ChunkState::DataEnd if line.is_empty() => ChunkState::Size,
-                        ChunkState::DataEnd => return Err("missing CRLF after chunk".into()),
+                        ChunkState::DataEnd => return Err(ChunkError::MissingCrlf),
                         ChunkState::Trailer if line.is_empty() => ChunkState::Done,
                         _ => ChunkState::Trailer,
                     };
@@ -623,9 +635,15 @@ mod tests {
     #[test]
     fn chunked_decoding_rejects_garbage() {
         let mut d = ChunkDecoder::default();
-        assert!(d.feed(b"zz\r\n", &mut Vec::new()).is_err());
+        assert_eq!(
+            d.feed(b"zz\r\n", &mut Vec::new()),
+            Err(ChunkError::BadSize("zz".into()))
+        );
         let mut d = ChunkDecoder::default();
-        assert!(d.feed(b"2\r\nabXY\r\n", &mut Vec::new()).is_err());
+        assert_eq!(
+            d.feed(b"2\r\nabXY\r\n", &mut Vec::new()),
+            Err(ChunkError::MissingCrlf)
+        );
     }
 
     #[test]

@@ -242,11 +242,11 @@ impl Metrics {
             "tsbridge_tailscaled_backend_state",
             "tailscaled's backend state (1 for the current one)",
         );
-        for s in BACKEND_STATES {
+        for s in BackendState::ALL {
             let _ = writeln!(
                 o,
                 "tsbridge_tailscaled_backend_state{{state=\"{}\"}} {}",
-                backend_label(s),
+                s.name(),
                 u8::from(s == backend)
             );
         }
@@ -346,30 +346,6 @@ impl Metrics {
         let _ = writeln!(o, "{name}_sum {sum}");
         let _ = writeln!(o, "{name}_count {cumulative}");
         o
-    }
-}
-
-const BACKEND_STATES: [BackendState; 8] = [
-    BackendState::Down,
-    BackendState::NoState,
-    BackendState::InUseOtherUser,
-    BackendState::NeedsLogin,
-    BackendState::NeedsMachineAuth,
-    BackendState::Stopped,
-    BackendState::Starting,
-    BackendState::Running,
-];
-
-pub fn backend_label(s: BackendState) -> &'static str {
-    match s {
-        BackendState::Down => "Down",
-        BackendState::NoState => "NoState",
-        BackendState::InUseOtherUser => "InUseOtherUser",
-        BackendState::NeedsLogin => "NeedsLogin",
-        BackendState::NeedsMachineAuth => "NeedsMachineAuth",
-        BackendState::Stopped => "Stopped",
-        BackendState::Starting => "Starting",
-        BackendState::Running => "Running",
     }
 }
 

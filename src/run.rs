@@ -12,9 +12,10 @@ use crate::health::Health;
 use crate::join;
 use crate::logging;
 use crate::metrics;
+use crate::reaper::Reaper;
 use crate::serve;
 use crate::status::TailscaleStatus;
-use crate::supervisor::{self, Reaper};
+use crate::supervisor;
 
 pub fn main() -> ExitCode {
     hold_stop_signals();

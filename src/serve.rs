@@ -625,8 +625,8 @@ mod tests {
         for _ in 0..4 {
             idle.push(TcpStream::connect(s.addr).await.unwrap());
         }
-        // Let the server accept them all.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Connections are accepted in order, each taking its slot as it is accepted: when
+        // the fifth is accepted, the four hold every slot (their head timeout is 500 ms).
         // Refused at once: a 503, or a reset when the request was already in the socket
         // buffer at close (the server does not spend time reading it).
         let start = Instant::now();

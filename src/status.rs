@@ -41,6 +41,18 @@ pub struct TailscaleStatus {
 }
 
 impl BackendState {
+    /// Every state, in `ipn.State` order after [`BackendState::Down`].
+    pub const ALL: [BackendState; 8] = [
+        BackendState::Down,
+        BackendState::NoState,
+        BackendState::InUseOtherUser,
+        BackendState::NeedsLogin,
+        BackendState::NeedsMachineAuth,
+        BackendState::Stopped,
+        BackendState::Starting,
+        BackendState::Running,
+    ];
+
     /// From the integer `State` of a watch-ipn-bus `Notify` (`ipn.State`).
     pub fn from_ipn(n: i64) -> BackendState {
         match n {

@@ -9,26 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tsbridge_lab::{AuthKey, Control, Host, Lab, Ns, Peer, Pod, Proc, Tools, wait_until};
+use tsbridge_lab::{Control, Host, Lab, Ns, Peer, Pod, Proc, Tools, in_ns, spawn_in, wait_until};
 
 const PORT: u16 = 7400;
 const MB: u64 = 1 << 20;
-
-fn in_ns<T: Send + 'static>(ns: &Ns, f: impl FnOnce() -> T + Send + 'static) -> T {
-    spawn_in(ns, f).join().expect("namespace thread panicked")
-}
-
-fn spawn_in<T: Send + 'static>(
-    ns: &Ns,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let path = format!("/run/netns/{}", ns.name());
-    std::thread::spawn(move || {
-        let fd = std::fs::File::open(&path).expect("open netns");
-        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-}
 
 /// The peer's TCP service: `e` echo 5 bytes; `u` + u64 n: receive n bytes, answer `k`;
 /// `d` + u64 n: send n bytes. Records each client's source address.
@@ -169,49 +153,15 @@ fn resolve_a(ns: &Ns, server: IpAddr, name: &str) -> Result<Vec<Ipv4Addr>, Strin
     in_ns(ns, move || {
         let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
         sock.set_read_timeout(Some(Duration::from_secs(3))).ok();
-        let mut q = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
-        for label in name.trim_end_matches('.').split('.') {
-            q.push(label.len() as u8);
-            q.extend_from_slice(label.as_bytes());
-        }
-        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        let q = tsbridge::dns::encode_query(0x1234, &name).map_err(|e| e.to_string())?;
         sock.send_to(&q, (server, 53)).map_err(|e| e.to_string())?;
         let mut buf = [0u8; 1500];
         let n = sock
             .recv(&mut buf)
             .map_err(|e| format!("no DNS answer: {e}"))?;
-        let r = &buf[..n];
-        if r.len() < 12 || r[0..2] != [0x12, 0x34] {
-            return Err("bad DNS answer".into());
-        }
-        let rcode = r[3] & 0x0f;
-        let an = u16::from_be_bytes([r[6], r[7]]);
-        // Skip the question (same as ours).
-        let mut i = q.len();
-        let mut out = Vec::new();
-        for _ in 0..an {
-            // Name: a pointer (2 bytes) or labels.
-            if r.get(i).is_some_and(|b| b & 0xc0 == 0xc0) {
-                i += 2;
-            } else {
-                while i < r.len() && r[i] != 0 {
-                    i += r[i] as usize + 1;
-                }
-                i += 1;
-            }
-            if i + 10 > r.len() {
-                break;
-            }
-            let ty = u16::from_be_bytes([r[i], r[i + 1]]);
-            let len = u16::from_be_bytes([r[i + 8], r[i + 9]]) as usize;
-            i += 10;
-            if ty == 1 && len == 4 && i + 4 <= r.len() {
-                out.push(Ipv4Addr::new(r[i], r[i + 1], r[i + 2], r[i + 3]));
-            }
-            i += len;
-        }
+        let out = tsbridge::dns::decode_a(0x1234, &q, &buf[..n]).map_err(|e| e.to_string())?;
         if out.is_empty() {
-            return Err(format!("no A record (rcode {rcode}, {an} answers)"));
+            return Err("no A record".into());
         }
         Ok(out)
     })
@@ -242,23 +192,11 @@ fn world() -> World {
 }
 
 impl World {
-    fn key(&self) -> AuthKey {
-        self.lab
-            .preauth_key(&self.control, self.control.user_id, "10m", false, &[])
-            .expect("pre-auth key")
-    }
-
     fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-        let mut env = self.lab.node_env(&self.control, &self.node);
-        env.push(("TS_AUTHKEY".into(), self.key().key));
-        env.push((
-            "TSBRIDGE_POD_CIDRS".into(),
-            format!(
-                "{},{}",
-                tsbridge_lab::POD_CIDR_V4,
-                tsbridge_lab::POD_CIDR_V6
-            ),
-        ));
+        let mut env = self
+            .lab
+            .node_env_with_key(&self.control, &self.node)
+            .expect("node environment");
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         env
     }
@@ -283,41 +221,17 @@ impl World {
 
     /// (tsbridge's policy rules, tsbridge's nft rules) in the node.
     fn owned(&self) -> (usize, usize) {
-        let rules = self
-            .node_sh("ip rule; ip -6 rule")
-            .unwrap_or_default()
-            .matches("proto 116")
-            .count();
-        let nft = self
-            .node_sh("nft list table inet tsbridge")
-            .map_or(0, |t| t.matches("comment \"tsbridge/").count());
-        (rules, nft)
+        self.lab.owned_state(&self.node.ns)
     }
 
     fn wait_owned(&self, want: (usize, usize), p: &Proc) -> Duration {
-        let start = Instant::now();
-        let r = wait_until(Duration::from_secs(10), "tsbridge's kernel state", || {
-            Ok((self.owned() == want).then_some(()))
-        });
-        if let Err(e) = r {
-            panic!(
-                "{e}: have {:?}, want {want:?}\n{}",
-                self.owned(),
-                tsbridge_lab::tail(&self.lab.log(p), 40)
-            );
-        }
-        start.elapsed()
+        self.lab
+            .wait_owned(&self.node.ns, want, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}\n{}", tsbridge_lab::tail(&self.lab.log(p), 40)))
     }
 
     fn tailscaled_pids(&self) -> Vec<u32> {
-        self.lab
-            .ns_pids(&self.node.ns)
-            .into_iter()
-            .filter(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/comm"))
-                    .is_ok_and(|c| c.trim() == "tailscaled")
-            })
-            .collect()
+        self.lab.pids_named(&self.node.ns, "tailscaled")
     }
 
     fn node_tailnet_v4(&self) -> Ipv4Addr {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use tsbridge_lab::procfs::{cpu_ms, status_kib};
 use tsbridge_lab::{Control, Host, Lab, Pod, Proc, Tools, wait_until};
 
 /// 4 policy rules (lab subnet, two pod CIDRs, service CIDR) and 4 nft rules.
@@ -44,20 +45,10 @@ impl World {
     }
 
     fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-        let key = self
+        let mut env = self
             .lab
-            .preauth_key(&self.control, self.control.user_id, "10m", false, &[])
-            .expect("pre-auth key");
-        let mut env = self.lab.node_env(&self.control, &self.node);
-        env.push(("TS_AUTHKEY".into(), key.key));
-        env.push((
-            "TSBRIDGE_POD_CIDRS".into(),
-            format!(
-                "{},{}",
-                tsbridge_lab::POD_CIDR_V4,
-                tsbridge_lab::POD_CIDR_V6
-            ),
-        ));
+            .node_env_with_key(&self.control, &self.node)
+            .expect("node environment");
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         env
     }
@@ -70,23 +61,12 @@ impl World {
     }
 
     fn owned(&self) -> (usize, usize) {
-        let rules = self.sh("ip rule; ip -6 rule").matches("proto 116").count();
-        let nft = self
-            .sh("nft list table inet tsbridge 2>/dev/null")
-            .matches("comment \"tsbridge/")
-            .count();
-        (rules, nft)
+        self.lab.owned_state(&self.node.ns)
     }
 
     fn wait_owned(&self, want: (usize, usize), p: &Proc, limit: Duration) {
-        if let Err(e) = wait_until(limit, "tsbridge's kernel state", || {
-            Ok((self.owned() == want).then_some(()))
-        }) {
-            panic!(
-                "{e}: have {:?}, want {want:?}\n{}",
-                self.owned(),
-                tsbridge_lab::tail(&self.lab.log(p), 40)
-            );
+        if let Err(e) = self.lab.wait_owned(&self.node.ns, want, limit) {
+            panic!("{e}\n{}", tsbridge_lab::tail(&self.lab.log(p), 40));
         }
     }
 
@@ -97,14 +77,7 @@ impl World {
     }
 
     fn tailscaled_pids(&self) -> Vec<u32> {
-        self.lab
-            .ns_pids(&self.node.ns)
-            .into_iter()
-            .filter(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/comm"))
-                    .is_ok_and(|c| c.trim() == "tailscaled")
-            })
-            .collect()
+        self.lab.pids_named(&self.node.ns, "tailscaled")
     }
 
     /// Table 52 holds tailscale's routes again (MagicDNS at least).
@@ -300,31 +273,6 @@ fn route_storm_in_table_52_and_forced_overrun_resync() {
         "forced overrun: {} resync(s), deleted guard rule repaired",
         after - before
     );
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// User + system CPU time of a process so far (ms).
-fn cpu_ms(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    ticks as f64 * 1000.0 / hz
 }
 
 /// A small tmpfs for a faulty state directory, unmounted on drop (also on panic).

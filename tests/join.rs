@@ -92,16 +92,19 @@ impl World {
         }
     }
 
+    /// Waits until `needle` occurs at least `n` times in the latest start's log.
+    fn wait_log_count(&self, p: &Proc, needle: &str, n: usize, limit: Duration) {
+        let r = wait_until(limit, &format!("{n} log lines {needle:?}"), || {
+            Ok((self.current_log(p).matches(needle).count() >= n).then_some(()))
+        });
+        if let Err(e) = r {
+            panic!("{e}\n{}", tsbridge_lab::tail(&self.lab.log(p), 40));
+        }
+    }
+
     /// tailscaled processes in the node's namespace.
     fn tailscaled_pids(&self, host: &Host) -> Vec<u32> {
-        self.lab
-            .ns_pids(&host.ns)
-            .into_iter()
-            .filter(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/comm"))
-                    .is_ok_and(|c| c.trim() == "tailscaled")
-            })
-            .collect()
+        self.lab.pids_named(&host.ns, "tailscaled")
     }
 }
 
@@ -178,7 +181,7 @@ fn expired_key_without_state_is_a_clear_error_and_a_good_key_joins() {
     let ts = w.start(&node, &w.env(&node, Some(&bad), &[]));
     w.wait_log(&ts, "rejected the auth key", Duration::from_secs(30));
     // It stays up and retries with backoff; the state stays NeedsLogin.
-    std::thread::sleep(Duration::from_secs(3));
+    w.wait_log_count(&ts, "joining failed", 2, Duration::from_secs(30));
     assert_eq!(
         w.lab.try_wait(&ts),
         None,
@@ -210,7 +213,32 @@ fn no_key_is_reported_once_and_tsbridge_stays_up() {
     let node = w.lab.host("node3b").unwrap();
     let ts = w.start(&node, &w.env(&node, None, &[]));
     w.wait_log(&ts, "no auth key is configured", Duration::from_secs(30));
-    std::thread::sleep(Duration::from_secs(2));
+    // A restarted tailscaled makes the join side follow it and decide again, with the same
+    // problem: it is not reported again.
+    let old = w.tailscaled_pids(&node);
+    assert_eq!(old.len(), 1, "one tailscaled: {old:?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old[0] as i32), Signal::SIGKILL).unwrap();
+    w.wait_log_count(
+        &ts,
+        "following tailscaled's LocalAPI",
+        2,
+        Duration::from_secs(30),
+    );
+    let needs_login_again = wait_until(
+        Duration::from_secs(30),
+        "NeedsLogin from the new tailscaled",
+        || {
+            Ok((w
+                .current_log(&ts)
+                .lines()
+                .filter(|l| l.contains("tailscaled state") && l.contains("NeedsLogin"))
+                .count()
+                >= 2)
+                .then_some(()))
+        },
+    );
+    needs_login_again
+        .unwrap_or_else(|e| panic!("{e}\n{}", tsbridge_lab::tail(&w.lab.log(&ts), 40)));
     assert_eq!(w.lab.try_wait(&ts), None);
     assert_eq!(
         w.lab.log(&ts).matches("no auth key is configured").count(),
@@ -308,7 +336,7 @@ fn sigterm_with_a_stuck_tailscaled_still_exits_within_ten_seconds() {
     let fake = node.dir.join("stuck-tailscaled");
     std::fs::write(
         &fake,
-        "#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 0.1; done\n",
+        "#!/bin/sh\ntrap '' TERM\necho stuck-tailscaled-ignores-TERM\nwhile :; do sleep 0.1; done\n",
     )
     .unwrap();
     std::os::unix::fs::PermissionsExt::set_mode(
@@ -324,8 +352,12 @@ fn sigterm_with_a_stuck_tailscaled_still_exits_within_ten_seconds() {
             &[("TSBRIDGE_TAILSCALED", fake.to_str().unwrap())],
         ),
     );
-    w.wait_log(&ts, "tailscaled started", Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(300));
+    // The script says so once its trap is set: SIGTERM before that would kill it.
+    w.wait_log(
+        &ts,
+        "stuck-tailscaled-ignores-TERM",
+        Duration::from_secs(10),
+    );
     let t0 = Instant::now();
     let st = w
         .lab
@@ -573,10 +605,17 @@ fn as_pid_one_orphans_are_reaped() {
     )
     .expect("the orphan's parent is tsbridge (PID 1)");
     // Several restart cycles later, no zombie lingers (a zombie may exist for an instant
-    // between exit and SIGCHLD handling: a lingering one is one seen twice).
-    std::thread::sleep(Duration::from_secs(3));
+    // between exit and SIGCHLD handling: a lingering one is one still there a restart
+    // cycle later).
+    let exits = |n: usize| {
+        wait_until(Duration::from_secs(30), "tailscaled restart cycles", || {
+            Ok((w.lab.log(&unshare).matches("tailscaled exited").count() >= n).then_some(()))
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", w.lab.log(&unshare)))
+    };
+    exits(3);
     let first: Vec<u32> = zombies_in(&w.lab, &node);
-    std::thread::sleep(Duration::from_millis(500));
+    exits(4);
     let lingering: Vec<u32> = zombies_in(&w.lab, &node)
         .into_iter()
         .filter(|p| first.contains(p))

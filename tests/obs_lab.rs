@@ -7,20 +7,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tsbridge_lab::{Control, Host, Lab, Ns, Peer, Pod, Proc, Tools, wait_until};
+use tsbridge_lab::{Control, Host, Lab, Ns, Peer, Pod, Proc, Tools, in_ns, wait_until};
 
 const LISTEN: &str = "127.0.0.1:9002";
-
-fn in_ns<T: Send + 'static>(ns: &Ns, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{}", ns.name());
-    std::thread::spawn(move || {
-        let fd = std::fs::File::open(&path).expect("open netns");
-        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("namespace thread panicked")
-}
 
 /// GET from inside `ns`: (status, body), or None while nothing listens.
 fn get(ns: &Ns, path: &str) -> Option<(u16, String)> {
@@ -69,20 +58,10 @@ impl World {
     }
 
     fn env(&self) -> Vec<(String, String)> {
-        let key = self
+        let mut env = self
             .lab
-            .preauth_key(&self.control, self.control.user_id, "10m", false, &[])
-            .expect("pre-auth key");
-        let mut env = self.lab.node_env(&self.control, &self.node);
-        env.push(("TS_AUTHKEY".into(), key.key));
-        env.push((
-            "TSBRIDGE_POD_CIDRS".into(),
-            format!(
-                "{},{}",
-                tsbridge_lab::POD_CIDR_V4,
-                tsbridge_lab::POD_CIDR_V6
-            ),
-        ));
+            .node_env_with_key(&self.control, &self.node)
+            .expect("node environment");
         env.push(("TSBRIDGE_LISTEN".into(), LISTEN.into()));
         env
     }
@@ -141,14 +120,7 @@ impl World {
     }
 
     fn tailscaled_pids(&self) -> Vec<u32> {
-        self.lab
-            .ns_pids(&self.node.ns)
-            .into_iter()
-            .filter(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/comm"))
-                    .is_ok_and(|c| c.trim() == "tailscaled")
-            })
-            .collect()
+        self.lab.pids_named(&self.node.ns, "tailscaled")
     }
 }
 

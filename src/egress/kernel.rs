@@ -25,6 +25,14 @@ pub struct Link {
     pub up: bool,
 }
 
+/// The interface index of `name`, if such an interface exists.
+pub fn link_index(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated name; if_nametoindex only reads it.
+    let i = unsafe { nix::libc::if_nametoindex(name.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
 /// An address on an interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Addr {

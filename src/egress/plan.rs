@@ -26,8 +26,6 @@ pub const TABLE_MAIN: u32 = 254;
 pub const NFT_TABLE: &str = "tsbridge";
 pub const CHAIN_POSTROUTING: &str = "postrouting";
 pub const CHAIN_FORWARD: &str = "forward";
-/// tailscaled's default TUN name.
-pub const DEFAULT_TUN: &str = "tailscale0";
 
 /// The slice of the configuration the planner needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,26 +47,9 @@ impl EgressConfig {
             service_cidrs: c.service_cidrs.clone(),
             snat: c.snat,
             mss_clamp: c.mss_clamp,
-            tun: tun_name(&c.tailscaled_extra_args),
+            tun: crate::tailscaled::tun_name(&c.tailscaled_extra_args),
         }
     }
-}
-
-/// The TUN name from tailscaled's flags (`--tun NAME` or `--tun=NAME`), else tailscale0.
-pub fn tun_name(tailscaled_args: &[String]) -> String {
-    let mut it = tailscaled_args.iter();
-    while let Some(a) = it.next() {
-        let a = a.trim_start_matches('-');
-        if let Some(v) = a.strip_prefix("tun=") {
-            return v.to_owned();
-        }
-        if a == "tun" {
-            if let Some(v) = it.next() {
-                return v.clone();
-            }
-        }
-    }
-    DEFAULT_TUN.to_owned()
 }
 
 /// A policy rule `to <dst> lookup <table>` at `priority`, always with an explicit
@@ -415,7 +396,7 @@ mod tests {
             service_cidrs: vec![c("10.96.0.0/12")],
             snat: true,
             mss_clamp: true,
-            tun: DEFAULT_TUN.into(),
+            tun: "tailscale0".into(),
         }
     }
 
@@ -535,16 +516,6 @@ mod tests {
         k.lab_subnets.clear();
         assert!(desired(&k).rules.iter().all(|r| r.priority != PRIO_LAB));
         assert_eq!(desired(&k).rules.len(), 3);
-    }
-
-    #[test]
-    fn tun_name_from_tailscaled_flags() {
-        assert_eq!(tun_name(&[]), "tailscale0");
-        assert_eq!(tun_name(&["--tun=ts1".into()]), "ts1");
-        assert_eq!(
-            tun_name(&["--port=1".into(), "-tun".into(), "x9".into()]),
-            "x9"
-        );
     }
 
     #[test]

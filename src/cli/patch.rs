@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use lexopt::prelude::*;
 
-use crate::cli::CliError;
+use super::error::CliError;
 use crate::net::Cidr;
 use crate::secret::Secret;
 use crate::talos::{self, CoreDns, PatchOptions, TalosVersion};

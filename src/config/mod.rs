@@ -6,6 +6,8 @@
 //! live in this file, never in the service spec. Every problem is collected and reported at
 //! once; nothing here logs or panics.
 
+mod extra_args;
+
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
@@ -14,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use crate::net::Cidr;
 use crate::secret::{Secret, redact};
+use extra_args::SetElsewhere;
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/tailscale";
 pub const DEFAULT_SOCKET: &str = "/var/run/tailscale/tailscaled.sock";
@@ -152,6 +155,17 @@ pub struct Problem {
     /// The offending value, already redacted.
     pub value: Option<String>,
     pub message: String,
+}
+
+impl Problem {
+    /// A problem with `var`; the value is redacted here, so no caller can forget it.
+    pub fn new(var: &str, value: Option<&str>, message: impl Into<String>) -> Problem {
+        Problem {
+            var: var.to_owned(),
+            value: value.map(|v| redact(v).into_owned()),
+            message: message.into(),
+        }
+    }
 }
 
 impl fmt::Display for Problem {
@@ -306,13 +320,17 @@ where
 
     let extra_args = r.split_args("TS_EXTRA_ARGS");
     let tailscaled_extra_args = r.split_args("TS_TAILSCALED_EXTRA_ARGS");
-    let up_flags = r.check_up_args(
+    let (up_flags, problems) = extra_args::check_up_args(
         &extra_args,
-        hostname.is_some(),
-        routes.is_some(),
-        accept_dns_env.is_some(),
+        SetElsewhere {
+            hostname: hostname.is_some(),
+            routes: routes.is_some(),
+            accept_dns: accept_dns_env.is_some(),
+        },
     );
-    r.check_tailscaled_args(&tailscaled_extra_args);
+    r.problems.extend(problems);
+    r.problems
+        .extend(extra_args::check_tailscaled_args(&tailscaled_extra_args));
     let accept_dns = if up_flags.accept_dns {
         None
     } else {
@@ -384,12 +402,6 @@ where
     }
 }
 
-/// Which `tailscale up` flags the user's `TS_EXTRA_ARGS` already set.
-#[derive(Default)]
-struct UpFlags {
-    accept_dns: bool,
-}
-
 struct Reader<'a> {
     env: &'a BTreeMap<String, String>,
     problems: Vec<Problem>,
@@ -410,11 +422,7 @@ impl Reader<'_> {
     }
 
     fn push(&mut self, var: &str, value: Option<&str>, message: impl Into<String>) {
-        self.problems.push(Problem {
-            var: var.to_owned(),
-            value: value.map(|v| redact(v).into_owned()),
-            message: message.into(),
-        });
+        self.problems.push(Problem::new(var, value, message));
     }
 
     /// A problem with the variable's current value.
@@ -577,180 +585,6 @@ impl Reader<'_> {
                 Vec::new()
             }
         }
-    }
-
-    /// Checks `TS_EXTRA_ARGS` (flags of `tailscale up`).
-    fn check_up_args(
-        &mut self,
-        args: &[String],
-        hostname_env: bool,
-        routes_env: bool,
-        accept_dns_env: bool,
-    ) -> UpFlags {
-        const VAR: &str = "TS_EXTRA_ARGS";
-        let mut flags = UpFlags::default();
-        // Arguments already refused as an auth key (the flag and its separate value).
-        let mut covered = Vec::new();
-        let mut skip_value = false;
-        for (i, arg) in args.iter().enumerate() {
-            if skip_value {
-                skip_value = false;
-                continue;
-            }
-            let Some((name, value)) = flag_parts(arg) else {
-                self.push(
-                    VAR,
-                    Some(arg),
-                    "`tailscale up` takes no positional arguments; expected --flag=value",
-                );
-                continue;
-            };
-            let takes_value = value.is_none() && !is_bool_up_flag(name);
-            match name {
-                "authkey" | "auth-key" => {
-                    self.push(
-                        VAR,
-                        Some(&redact_flag(arg, value)),
-                        "puts the auth key on a command line; set TS_AUTHKEY instead (tsbridge passes it through a pipe)",
-                    );
-                    skip_value = value.is_none();
-                    covered.extend([i, i + 1]);
-                    continue;
-                }
-                "socket" => self.push(VAR, Some(arg), "the LocalAPI socket is set by TS_SOCKET"),
-                "reset" => self.push(
-                    VAR,
-                    Some(arg),
-                    "tsbridge always runs `up --reset`; remove it",
-                ),
-                "hostname" if hostname_env => self.push(
-                    VAR,
-                    Some(arg),
-                    "conflicts with TS_HOSTNAME; set the hostname in one place",
-                ),
-                "advertise-routes" if routes_env => self.push(
-                    VAR,
-                    Some(arg),
-                    "conflicts with TS_ROUTES; set the routes in one place",
-                ),
-                "accept-dns" if accept_dns_env => self.push(
-                    VAR,
-                    Some(arg),
-                    "conflicts with TS_ACCEPT_DNS; set it in one place",
-                ),
-                "accept-dns" => flags.accept_dns = true,
-                "json" | "qr" => self.push(
-                    VAR,
-                    Some(arg),
-                    "changes the output tsbridge reads; remove it",
-                ),
-                _ => {}
-            }
-            if takes_value {
-                if i + 1 < args.len() {
-                    skip_value = true;
-                } else {
-                    self.push(VAR, Some(arg), "the flag needs a value; write --flag=value");
-                }
-            }
-        }
-        self.refuse_key_shaped(VAR, args, &covered);
-        flags
-    }
-
-    /// Refuses any argument holding something key-shaped (`tskey-...`) that is not already
-    /// refused as an `--authkey` flag: a typo in the flag name, or a key given as the value
-    /// of another flag, would otherwise put the key on a command line.
-    /// `covered`: indices already reported.
-    fn refuse_key_shaped(&mut self, var: &str, args: &[String], covered: &[usize]) {
-        for (i, arg) in args.iter().enumerate() {
-            if !covered.contains(&i) && crate::secret::KEY_PREFIXES.iter().any(|p| arg.contains(p))
-            {
-                self.push(
-                    var,
-                    Some(arg),
-                    "looks like an auth key, which would be visible on a command line; set TS_AUTHKEY instead",
-                );
-            }
-        }
-    }
-
-    /// Checks `TS_TAILSCALED_EXTRA_ARGS` (flags of `tailscaled`).
-    fn check_tailscaled_args(&mut self, args: &[String]) {
-        const VAR: &str = "TS_TAILSCALED_EXTRA_ARGS";
-        let mut covered = Vec::new();
-        for (i, arg) in args.iter().enumerate() {
-            let Some((name, _)) = flag_parts(arg) else {
-                continue;
-            };
-            match name {
-                "statedir" | "state" => {
-                    self.push(VAR, Some(arg), "the state location is set by TS_STATE_DIR")
-                }
-                "socket" => self.push(VAR, Some(arg), "the LocalAPI socket is set by TS_SOCKET"),
-                "tun" => self.push(
-                    VAR,
-                    Some(arg),
-                    "tsbridge runs tailscaled in kernel mode on tailscale0 (pod egress needs it); remove --tun",
-                ),
-                "authkey" | "auth-key" => {
-                    covered.push(i);
-                    self.push(
-                        VAR,
-                        Some(&redact_flag(arg, None)),
-                        "puts the auth key on a command line; set TS_AUTHKEY instead",
-                    )
-                }
-                _ => {}
-            }
-        }
-        self.refuse_key_shaped(VAR, args, &covered);
-    }
-}
-
-/// Splits `--name=value`, `-name=value`, `--name` into (name, value). Go's flag package
-/// accepts one or two dashes.
-fn flag_parts(arg: &str) -> Option<(&str, Option<&str>)> {
-    let body = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-'))?;
-    if body.is_empty() {
-        return None;
-    }
-    Some(match body.split_once('=') {
-        Some((n, v)) => (n, Some(v)),
-        None => (body, None),
-    })
-}
-
-/// `tailscale up` flags that are booleans (and so never take the next argument).
-fn is_bool_up_flag(name: &str) -> bool {
-    matches!(
-        name,
-        "accept-dns"
-            | "accept-routes"
-            | "advertise-connector"
-            | "advertise-exit-node"
-            | "exit-node-allow-lan-access"
-            | "force-reauth"
-            | "json"
-            | "qr"
-            | "reset"
-            | "shields-up"
-            | "snat-subnet-routes"
-            | "ssh"
-            | "stateful-filtering"
-            | "unattended"
-            | "netfilter-mode-forced"
-            | "operator-only"
-    )
-}
-
-fn redact_flag(arg: &str, value: Option<&str>) -> String {
-    match value {
-        Some(_) => match arg.split_once('=') {
-            Some((n, _)) => format!("{n}=[redacted]"),
-            None => "[redacted]".into(),
-        },
-        None => redact(arg).into_owned(),
     }
 }
 

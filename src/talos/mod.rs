@@ -6,8 +6,11 @@
 //! v1.14, where `talosctl gen config` starts to emit them). etcd's `advertisedSubnets` has no
 //! new document in v1.14, so it stays in v1alpha1 `cluster.etcd` for every version.
 //!
-//! The YAML is written by hand: every value that comes from the user is a double-quoted
-//! scalar with JSON escapes (valid YAML), multi-line text is a literal block.
+//! The YAML is written by hand (`yaml.rs`); the CoreDNS objects the patch can carry are
+//! their own unit (`coredns.rs`).
+
+mod coredns;
+mod yaml;
 
 use std::ffi::OsString;
 use std::fmt::{self, Write as _};
@@ -17,6 +20,11 @@ use std::path::Path;
 use crate::config;
 use crate::net::{Cidr, TAILNET_V4, TAILNET_V6};
 use crate::secret::{Secret, redact};
+use yaml::{block, list};
+
+pub use coredns::{
+    CoreDns, DEFAULT_CLUSTER_DOMAIN, DEFAULT_COREDNS_IMAGE, MAGICDNS, coredns_manifest, corefile,
+};
 
 /// The lowest Talos version the extension supports (see manifest.yaml and the README).
 pub const MIN_TALOS: TalosVersion = TalosVersion { major: 1, minor: 7 };
@@ -25,13 +33,8 @@ pub const MULTIDOC_K8S: TalosVersion = TalosVersion {
     major: 1,
     minor: 14,
 };
-/// Talos v1.14's default CoreDNS image (`constants.CoreDNSImage:DefaultCoreDNSVersion`).
-pub const DEFAULT_COREDNS_IMAGE: &str = "registry.k8s.io/coredns/coredns:v1.14.6";
-pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 /// The name of the inline manifest that carries the user-managed CoreDNS.
 pub const COREDNS_MANIFEST_NAME: &str = "tsbridge-coredns";
-/// MagicDNS: answers tailnet names for any source address (FACTS.md section 5).
-pub const MAGICDNS: &str = "100.100.100.100";
 
 /// A Talos release line, e.g. 1.13 (patch and pre-release parts do not change the schema).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -69,15 +72,6 @@ impl fmt::Display for TalosVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "v{}.{}", self.major, self.minor)
     }
-}
-
-/// The "disable and replace" CoreDNS with a forward of the tailnet zone to MagicDNS.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CoreDns {
-    /// The tailnet's MagicDNS suffix, e.g. `tail1234.ts.net`.
-    pub tailnet: String,
-    pub cluster_domain: String,
-    pub image: String,
 }
 
 /// Everything the patch is made from.
@@ -313,32 +307,6 @@ fn environment(o: &PatchOptions) -> Vec<(String, String)> {
     env
 }
 
-/// A YAML double-quoted scalar (JSON string syntax is valid YAML).
-fn q(s: &str) -> String {
-    serde_json::Value::String(s.to_owned()).to_string()
-}
-
-/// `text` as the body of a literal block scalar, every line indented by `indent` spaces.
-fn block(text: &str, indent: usize) -> String {
-    let pad = " ".repeat(indent);
-    let mut out = String::new();
-    for line in text.lines() {
-        if !line.is_empty() {
-            out.push_str(&pad);
-            out.push_str(line);
-        }
-        out.push('\n');
-    }
-    out
-}
-
-fn list(out: &mut String, indent: usize, items: &[String]) {
-    let pad = " ".repeat(indent);
-    for i in items {
-        let _ = writeln!(out, "{pad}- {}", q(i));
-    }
-}
-
 /// Renders the patch. Deterministic: the same options give the same bytes.
 pub fn render(o: &PatchOptions) -> Result<String, PatchError> {
     validate(o)?;
@@ -445,248 +413,6 @@ fn check_env(env: &[(String, String)]) -> Result<(), PatchError> {
     }
 }
 
-/// The Corefile: the tailnet zone to MagicDNS, everything else as Talos's default Corefile.
-pub fn corefile(c: &CoreDns) -> String {
-    let t = &c.tailnet;
-    let d = &c.cluster_domain;
-    format!(
-        "{t}:53 {{
-    errors
-    cache 30
-    forward . {MAGICDNS}
-}}
-.:53 {{
-    errors
-    health {{
-        lameduck 5s
-    }}
-    ready
-    log . {{
-        class error
-    }}
-    prometheus :9153
-    kubernetes {d} in-addr.arpa ip6.arpa {{
-        pods insecure
-        fallthrough in-addr.arpa ip6.arpa
-        ttl 30
-    }}
-    forward . /etc/resolv.conf {{
-        max_concurrent 1000
-    }}
-    cache 30 {{
-        disable success {d}
-        disable denial {d}
-    }}
-    loop
-    reload
-    loadbalance
-}}
-"
-    )
-}
-
-/// The user-managed CoreDNS: the same object names as Talos's own (so it takes them over in
-/// a running cluster), with the tailnet forward in its Corefile.
-pub fn coredns_manifest(c: &CoreDns, service_cidrs: &[Cidr], dns: &[String]) -> String {
-    let families: Vec<&str> = service_cidrs
-        .iter()
-        .map(|s| if s.is_ipv4() { "IPv4" } else { "IPv6" })
-        .collect();
-    let policy = if dns.len() > 1 {
-        "RequireDualStack"
-    } else {
-        "SingleStack"
-    };
-    let mut m = String::new();
-    m.push_str(
-        "apiVersion: v1
-kind: ServiceAccount
-metadata:
-  name: coredns
-  namespace: kube-system
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata:
-  name: system:coredns
-  labels:
-    kubernetes.io/bootstrapping: rbac-defaults
-rules:
-  - apiGroups: [\"\"]
-    resources: [endpoints, services, pods, namespaces]
-    verbs: [list, watch]
-  - apiGroups: [discovery.k8s.io]
-    resources: [endpointslices]
-    verbs: [list, watch]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:
-  name: system:coredns
-  labels:
-    kubernetes.io/bootstrapping: rbac-defaults
-roleRef:
-  apiGroup: rbac.authorization.k8s.io
-  kind: ClusterRole
-  name: system:coredns
-subjects:
-  - kind: ServiceAccount
-    name: coredns
-    namespace: kube-system
----
-apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: coredns
-  namespace: kube-system
-data:
-  Corefile: |
-",
-    );
-    m.push_str(&block(&corefile(c), 4));
-    let _ = write!(
-        m,
-        "---
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: coredns
-  namespace: kube-system
-  labels:
-    k8s-app: kube-dns
-    kubernetes.io/name: CoreDNS
-spec:
-  replicas: 2
-  selector:
-    matchLabels:
-      k8s-app: kube-dns
-  strategy:
-    type: RollingUpdate
-    rollingUpdate:
-      maxUnavailable: 1
-  template:
-    metadata:
-      labels:
-        k8s-app: kube-dns
-    spec:
-      serviceAccountName: coredns
-      priorityClassName: system-cluster-critical
-      dnsPolicy: Default
-      nodeSelector:
-        kubernetes.io/os: linux
-      affinity:
-        podAntiAffinity:
-          preferredDuringSchedulingIgnoredDuringExecution:
-            - weight: 100
-              podAffinityTerm:
-                topologyKey: kubernetes.io/hostname
-                labelSelector:
-                  matchLabels:
-                    k8s-app: kube-dns
-      tolerations:
-        - key: node-role.kubernetes.io/control-plane
-          operator: Exists
-          effect: NoSchedule
-        - key: node.cloudprovider.kubernetes.io/uninitialized
-          operator: Exists
-          effect: NoSchedule
-      containers:
-        - name: coredns
-          image: {image}
-          imagePullPolicy: IfNotPresent
-          args: [-conf, /etc/coredns/Corefile]
-          env:
-            - name: GOMEMLIMIT
-              value: 161MiB
-          resources:
-            limits:
-              memory: 170Mi
-            requests:
-              cpu: 100m
-              memory: 70Mi
-          ports:
-            - name: dns
-              containerPort: 53
-              protocol: UDP
-            - name: dns-tcp
-              containerPort: 53
-              protocol: TCP
-            - name: metrics
-              containerPort: 9153
-              protocol: TCP
-          livenessProbe:
-            httpGet:
-              path: /health
-              port: 8080
-              scheme: HTTP
-            initialDelaySeconds: 60
-            timeoutSeconds: 5
-            successThreshold: 1
-            failureThreshold: 5
-          readinessProbe:
-            httpGet:
-              path: /ready
-              port: 8181
-              scheme: HTTP
-          securityContext:
-            allowPrivilegeEscalation: false
-            readOnlyRootFilesystem: true
-            capabilities:
-              add: [NET_BIND_SERVICE]
-              drop: [ALL]
-          volumeMounts:
-            - name: config-volume
-              mountPath: /etc/coredns
-              readOnly: true
-      volumes:
-        - name: config-volume
-          configMap:
-            name: coredns
-            items:
-              - key: Corefile
-                path: Corefile
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: kube-dns
-  namespace: kube-system
-  labels:
-    k8s-app: kube-dns
-    kubernetes.io/cluster-service: \"true\"
-    kubernetes.io/name: CoreDNS
-  annotations:
-    prometheus.io/port: \"9153\"
-    prometheus.io/scrape: \"true\"
-spec:
-  selector:
-    k8s-app: kube-dns
-  clusterIP: {first}
-  clusterIPs: [{ips}]
-  ipFamilies: [{families}]
-  ipFamilyPolicy: {policy}
-  ports:
-    - name: dns
-      port: 53
-      protocol: UDP
-      targetPort: 53
-    - name: dns-tcp
-      port: 53
-      protocol: TCP
-      targetPort: 53
-    - name: metrics
-      port: 9153
-      protocol: TCP
-      targetPort: 9153
-",
-        image = q(&c.image),
-        first = q(&dns[0]),
-        ips = dns.iter().map(|d| q(d)).collect::<Vec<_>>().join(", "),
-        families = families.join(", "),
-    );
-    m
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -703,11 +429,7 @@ mod tests {
     }
 
     fn coredns() -> CoreDns {
-        CoreDns {
-            tailnet: "tail1234.ts.net".into(),
-            cluster_domain: DEFAULT_CLUSTER_DOMAIN.into(),
-            image: DEFAULT_COREDNS_IMAGE.into(),
-        }
+        CoreDns::example()
     }
 
     #[test]
@@ -830,18 +552,6 @@ mod tests {
     }
 
     #[test]
-    fn corefile_forwards_tailnet_and_keeps_talos_defaults() {
-        let mut c = coredns();
-        c.cluster_domain = "k8s.example".into();
-        let f = corefile(&c);
-        assert!(f.starts_with("tail1234.ts.net:53 {\n"));
-        assert!(f.contains("    kubernetes k8s.example in-addr.arpa ip6.arpa {\n"));
-        assert!(f.contains("    forward . /etc/resolv.conf {\n"));
-        assert!(f.contains("        disable success k8s.example\n"));
-        assert_eq!(f.matches('{').count(), f.matches('}').count());
-    }
-
-    #[test]
     fn dual_stack_service() {
         let mut o = opts("1.13");
         o.control_plane = true;
@@ -873,14 +583,6 @@ mod tests {
         assert!(out.contains("  - \"TS_HOSTNAME=cp-1\"\n"));
         // The options' Debug (which a caller might log) never shows the key.
         assert!(!format!("{o:?}").contains("abc"));
-    }
-
-    #[test]
-    fn output_is_deterministic() {
-        let mut o = opts("1.14");
-        o.control_plane = true;
-        o.coredns = Some(coredns());
-        assert_eq!(render(&o).unwrap(), render(&o.clone()).unwrap());
     }
 
     #[test]
@@ -923,12 +625,5 @@ mod tests {
         o.service_cidrs = vec![cidr("10.244.0.0/16")];
         let err = render(&o).unwrap_err().to_string();
         assert!(err.contains("TSBRIDGE_POD_CIDRS"), "{err}");
-    }
-
-    #[test]
-    fn quoting_escapes_yaml_specials() {
-        assert_eq!(q("a\"b\\c\n"), "\"a\\\"b\\\\c\\n\"");
-        assert_eq!(q("!100.64.0.0/10"), "\"!100.64.0.0/10\"");
-        assert_eq!(block("a\n\n  b\n", 2), "  a\n\n    b\n");
     }
 }

@@ -1,11 +1,15 @@
 //! Command-line parsing and dispatch. Configuration comes from the environment, not argv:
 //! flags here only pick the command and its output.
 
+mod error;
+mod patch;
+
 use std::process::ExitCode;
 
 use lexopt::prelude::*;
 
 use crate::config;
+use error::CliError;
 
 const MAIN_HELP: &str = "\
 tsbridge - puts a Talos node on the tailnet and makes the tailnet usable from its pods
@@ -61,18 +65,6 @@ Usage: tsbridge version
 Prints the version, the git commit it was built from and the target triple.
 ";
 
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum CliError {
-    #[error("{0}")]
-    Args(#[from] lexopt::Error),
-    #[error("unknown command {0:?}; run `tsbridge --help`")]
-    UnknownCommand(String),
-    #[error("{0}")]
-    Patch(#[from] crate::talos::PatchError),
-    #[error("{0}")]
-    Usage(String),
-}
-
 pub fn main() -> ExitCode {
     match dispatch() {
         Ok(code) => code,
@@ -122,7 +114,7 @@ fn dispatch() -> Result<ExitCode, CliError> {
             print_version();
             Ok(ExitCode::SUCCESS)
         }
-        "patch" => crate::patch_cli::main(&mut parser),
+        "patch" => patch::main(&mut parser),
         "check" => {
             let mut json = false;
             while let Some(arg) = parser.next()? {
