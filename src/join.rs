@@ -415,6 +415,7 @@ pub async fn run(
             tokio::select! {
                 n = w.next() => match n {
                     Ok(Some(n)) => {
+                        crate::metrics::global().woke(crate::metrics::Wake::IpnBus);
                         if let Some(s) = on_notify(&api, &status, &n, &mut seen).await {
                             if s != state {
                                 info!(state = %s, since_start_ms = since_start_ms(), "tailscaled state");
@@ -453,7 +454,10 @@ pub async fn run(
                         }
                     }
                 }
-                _ = retry => { retry_at = None; }
+                _ = retry => {
+                    crate::metrics::global().woke(crate::metrics::Wake::Timer);
+                    retry_at = None;
+                }
                 _ = until_shutdown(&mut shutdown) => return,
             }
             if state == BackendState::Running && last_problem.is_some() {

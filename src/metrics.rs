@@ -42,6 +42,47 @@ impl ObjectKind {
     }
 }
 
+/// What woke one of tsbridge's loops. Each handled event counts once, so the wake-ups of
+/// an idle daemon can be told apart by source (there is no periodic timer: a `timer`
+/// wake-up is a retry or a backoff).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// A line of tailscaled's output (logged as a `source="tailscaled"` event).
+    TailscaledOutput,
+    /// A message on tailscaled's IPN bus (`watch-ipn-bus`).
+    IpnBus,
+    /// Kernel notifications that passed the socket filters.
+    Netlink,
+    /// SIGCHLD: a child exited.
+    Child,
+    /// A connection to the health and metrics listener.
+    Http,
+    /// A retry or backoff delay ran out.
+    Timer,
+}
+
+impl Wake {
+    pub const ALL: [Wake; 6] = [
+        Wake::TailscaledOutput,
+        Wake::IpnBus,
+        Wake::Netlink,
+        Wake::Child,
+        Wake::Http,
+        Wake::Timer,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Wake::TailscaledOutput => "tailscaled_output",
+            Wake::IpnBus => "ipn_bus",
+            Wake::Netlink => "netlink",
+            Wake::Child => "child",
+            Wake::Http => "http",
+            Wake::Timer => "timer",
+        }
+    }
+}
+
 /// Upper bounds (seconds) of the reconcile duration histogram. A reconcile is a netlink
 /// dump, a diff and maybe one batch: normally well under a millisecond to a few ms.
 pub const RECONCILE_BUCKETS: [f64; 12] = [
@@ -84,6 +125,7 @@ pub struct Metrics {
     config_problems: AtomicU64,
     config_warnings: AtomicU64,
     join_failures: AtomicU64,
+    wakeups: [AtomicU64; Wake::ALL.len()],
 }
 
 impl Default for Metrics {
@@ -110,6 +152,7 @@ impl Metrics {
             config_problems: AtomicU64::new(0),
             config_warnings: AtomicU64::new(0),
             join_failures: AtomicU64::new(0),
+            wakeups: Default::default(),
         }
     }
 
@@ -195,6 +238,10 @@ impl Metrics {
 
     /// The text exposition. `backend` is read by the caller from the status channel, so
     /// the join side has nothing extra to update.
+    pub fn woke(&self, w: Wake) {
+        self.wakeups[w as usize].fetch_add(1, Relaxed);
+    }
+
     pub fn render(&self, backend: BackendState, ready: bool) -> String {
         let mut o = String::with_capacity(4096);
         gauge_head(&mut o, "tsbridge_build_info", "tsbridge version and build");
@@ -292,6 +339,20 @@ impl Metrics {
             "tsbridge_join_failures_total {}",
             self.join_failures.load(Relaxed)
         );
+
+        counter_head(
+            &mut o,
+            "tsbridge_wakeups_total",
+            "events that woke tsbridge's loops, by source",
+        );
+        for w in Wake::ALL {
+            let _ = writeln!(
+                o,
+                "tsbridge_wakeups_total{{source=\"{}\"}} {}",
+                w.label(),
+                self.wakeups[w as usize].load(Relaxed)
+            );
+        }
 
         counter_head(
             &mut o,
@@ -534,6 +595,17 @@ pub(crate) mod tests {
         assert_eq!(value(&t, "tsbridge_config_problems"), Some(2.0));
         assert_eq!(value(&t, "tsbridge_config_warnings"), Some(1.0));
         assert_eq!(value(&t, "tsbridge_join_failures_total"), Some(1.0));
+        m.woke(Wake::IpnBus);
+        m.woke(Wake::IpnBus);
+        let t = m.render(BackendState::Running, true);
+        assert_eq!(
+            value(&t, "tsbridge_wakeups_total{source=\"ipn_bus\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(&t, "tsbridge_wakeups_total{source=\"timer\"}"),
+            Some(0.0)
+        );
     }
 
     #[test]

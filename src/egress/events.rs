@@ -200,6 +200,7 @@ impl Events {
 
     async fn wait(&self, sub: &Sub) -> io::Result<Option<Event>> {
         let mut guard = sub.fd.readable().await?;
+        crate::metrics::global().woke(crate::metrics::Wake::Netlink);
         let got = self.drain(sub)?;
         // Drained until it would block; a datagram arriving since then re-arms readiness.
         guard.clear_ready();

@@ -188,7 +188,10 @@ impl Egress {
                         }
                     }
                 }
-                _ = sleep_until(retry_at), if retry_at.is_some() => retry_at = None,
+                _ = sleep_until(retry_at), if retry_at.is_some() => {
+                    crate::metrics::global().woke(crate::metrics::Wake::Timer);
+                    retry_at = None;
+                }
             }
         }
         match reconcile::teardown(&mut k) {
