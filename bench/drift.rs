@@ -91,9 +91,22 @@ struct Note {
     ours: bool,
 }
 
+/// Real-time priority for the calling (listener) thread. Netlink sockets carry no kernel
+/// receive timestamps, so a notification is timed when the listener reads it: at this
+/// priority it is woken at once, whatever else the machine runs (tsbridge itself runs at
+/// normal priority, as in production).
+fn realtime() -> bool {
+    let p = nix::libc::sched_param { sched_priority: 50 };
+    // SAFETY: plain syscall on the calling thread with a valid parameter.
+    unsafe { nix::libc::sched_setscheduler(0, nix::libc::SCHED_FIFO, &p) == 0 }
+}
+
 /// Listens (on a thread already in the node's namespace) and forwards every relevant
 /// notification with its arrival time.
 fn listen(nft: bool, tx: mpsc::Sender<Note>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    if !realtime() {
+        eprintln!("drift listener: no real-time priority; timings include scheduling delays");
+    }
     let proto = if nft {
         netlink_sys::constants::NETLINK_NETFILTER
     } else {
