@@ -18,6 +18,7 @@ use tsbridge::egress::kernel::{Kernel, Netlink};
 use tsbridge::egress::nl::NlSocket;
 use tsbridge::egress::plan::{NFT_TABLE, NftOp, RT_PROTO};
 
+use crate::observe::realtime;
 use crate::stats;
 
 const RTNLGRP_IPV4_RULE: u32 = 8;
@@ -89,16 +90,6 @@ struct Note {
     pid: u32,
     /// A policy rule with tsbridge's protocol (rules only).
     ours: bool,
-}
-
-/// Real-time priority for the calling (listener) thread. Netlink sockets carry no kernel
-/// receive timestamps, so a notification is timed when the listener reads it: at this
-/// priority it is woken at once, whatever else the machine runs (tsbridge itself runs at
-/// normal priority, as in production).
-fn realtime() -> bool {
-    let p = nix::libc::sched_param { sched_priority: 50 };
-    // SAFETY: plain syscall on the calling thread with a valid parameter.
-    unsafe { nix::libc::sched_setscheduler(0, nix::libc::SCHED_FIFO, &p) == 0 }
 }
 
 /// Listens (on a thread already in the node's namespace) and forwards every relevant
@@ -253,6 +244,9 @@ impl Rng {
 /// Deletes each object `trials` times (random gaps of 50-150 ms) and times the repairs.
 /// Runs on a thread in the node's namespace. Returns one latency summary per object.
 pub fn run(trials: usize) -> Result<Vec<(Object, Value)>, String> {
+    if !realtime() {
+        eprintln!("drift deleter: no real-time priority; timings include its scheduling delays");
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
     let mut listeners = Vec::new();

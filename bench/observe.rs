@@ -13,10 +13,26 @@ use tsbridge_lab::{Ns, spawn_in};
 
 pub const LISTEN: &str = "127.0.0.1:9002";
 
+/// Real-time priority for the calling thread (the IPN-bus watcher, the drift listeners and
+/// the deleter): the harness's own scheduling must not enter the figures. Netlink
+/// sockets carry no kernel receive timestamps, so a notification is timed when the
+/// listener reads it: at this priority it is woken at once, whatever else the machine
+/// runs. The deleter holds the kernel's nftables commit lock (or the RTNL) until its
+/// request returns, a little after the deletion was announced: preempted there by other
+/// load, it would delay tsbridge's write and count as tsbridge's time. tsbridge itself
+/// runs at normal priority, as in production.
+pub fn realtime() -> bool {
+    let p = nix::libc::sched_param { sched_priority: 50 };
+    // SAFETY: plain syscall on the calling thread with a valid parameter.
+    unsafe { nix::libc::sched_setscheduler(0, nix::libc::SCHED_FIFO, &p) == 0 }
+}
+
 /// Follows tailscaled's IPN bus at `socket` (connecting as soon as the socket accepts)
 /// and returns the instant it announced Running. Started before the daemon.
 pub fn running_at(socket: PathBuf, limit: Duration) -> std::thread::JoinHandle<Option<Instant>> {
     std::thread::spawn(move || {
+        // Seen late, Running would make the time to readiness look shorter than it is.
+        realtime();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

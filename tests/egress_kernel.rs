@@ -721,25 +721,31 @@ fn daemon_adopts_after_kill_9_and_cleans_up_on_sigterm() {
     let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-state", l.node.0)));
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Runs a shell command in a namespace from a thread that may be in another one.
+fn sh_in(ns: &str, cmd: &str) {
+    let ok = Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-ec", cmd])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "{cmd}");
+}
+
 #[test]
 fn notifications_report_changes_and_overruns() {
     require_tools();
     let ns = Netns::new("events");
     let name = ns.0.clone();
     ns.run(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let sh = |cmd: &str| {
-                let ok = Command::new("ip")
-                    .args(["netns", "exec", &name, "sh", "-ec", cmd])
-                    .status()
-                    .unwrap()
-                    .success();
-                assert!(ok, "{cmd}");
-            };
+        runtime().block_on(async move {
+            let sh = |cmd: &str| sh_in(&name, cmd);
             let ev = tsbridge::egress::events::Events::new().unwrap();
             // An nftables change and a rule change each wake the reconciler (changes of
             // other nftables tables do not: see the filter test below).
@@ -810,19 +816,8 @@ fn kernel_filter_keeps_what_the_plan_reads_and_drops_the_rest() {
     let name = l.node.0.clone();
     let (c, d) = (cfg(true, true), plan::desired(&cfg(true, true)));
     l.node.run(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let sh = |cmd: &str| {
-                let ok = Command::new("ip")
-                    .args(["netns", "exec", &name, "sh", "-ec", cmd])
-                    .status()
-                    .unwrap()
-                    .success();
-                assert!(ok, "{cmd}");
-            };
+        runtime().block_on(async move {
+            let sh = |cmd: &str| sh_in(&name, cmd);
             let mut k = Netlink::new().unwrap();
             let ev = Events::with(tsbridge::egress::watch(&k.port_ids()), 4 << 20).unwrap();
             assert!(ev.kernel_filtered(), "the kernel refused the filter");
