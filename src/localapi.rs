@@ -142,10 +142,15 @@ impl LocalApi {
                 return;
             }
         };
-        if !stale && self.socket.exists() {
-            return;
+        // Created between the caller's failed attempt and the watch: no event will come.
+        let there = if stale {
+            std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+        } else {
+            self.socket.exists()
+        };
+        if !there {
+            let _ = tokio::time::timeout(limit, created.wait()).await;
         }
-        let _ = tokio::time::timeout(limit, created.wait()).await;
     }
 
     async fn request(&self, path: &str) -> Result<(Head, UnixStream, Vec<u8>), ApiError> {
@@ -771,11 +776,14 @@ mod tests {
             took < Duration::from_secs(10),
             "woke by the limit, not the creation: {took:?}"
         );
-        let _l = maker.await.unwrap();
-        // Exists: at once. Stale (refusing): waits for a new creation or the limit.
+        let listener = maker.await.unwrap();
+        // Exists: at once. Thought stale but accepting by now: at once.
         let t = std::time::Instant::now();
         api.wait_for_socket(false, Duration::from_secs(20)).await;
-        assert!(t.elapsed() < Duration::from_secs(1));
+        api.wait_for_socket(true, Duration::from_secs(20)).await;
+        assert!(t.elapsed() < Duration::from_secs(5));
+        // Stale (the file refuses connections): waits for a new creation or the limit.
+        drop(listener);
         let t = std::time::Instant::now();
         api.wait_for_socket(true, Duration::from_millis(30)).await;
         assert!(t.elapsed() >= Duration::from_millis(30));
