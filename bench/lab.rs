@@ -70,7 +70,7 @@ fn main() {
         );
     }
     let env = Env {
-        rounds: env_num("TSBRIDGE_BENCH_ROUNDS", 5).max(1),
+        rounds: env_num("TSBRIDGE_BENCH_ROUNDS", 7).max(5),
         trials: env_num("TSBRIDGE_BENCH_TRIALS", 200),
         idle: Duration::from_secs(env_num("TSBRIDGE_BENCH_IDLE_SECS", 120) as u64),
         settle: Duration::from_secs(env_num("TSBRIDGE_BENCH_SETTLE_SECS", 60) as u64),
@@ -116,7 +116,7 @@ fn main() {
         }
         eprintln!(
             "round {r}: start -> Running tsbridge {:.0} ms (ready +{:.1} ms), containerboot {:.0} ms",
-            ts[r].running_ms, ts[r].ready_ms, cb[r].running_ms
+            ts[r].times.running_ms, ts[r].times.ready_ms, cb[r].times.running_ms
         );
     }
 
@@ -157,9 +157,17 @@ fn main() {
     let ts_stop = b.stop(&tsl.proc, &tsl.host);
 
     let f = |v: &[Sample], g: fn(&Sample) -> f64| v.iter().map(g).collect::<Vec<f64>>();
-    let ts_run = f(&ts, |s| s.running_ms);
-    let cb_run = f(&cb, |s| s.running_ms);
-    let ts_ready = f(&ts, |s| s.ready_ms);
+    let ts_run = f(&ts, |s| s.times.running_ms);
+    let cb_run = f(&cb, |s| s.times.running_ms);
+    let ts_ready = f(&ts, |s| s.times.ready_ms);
+    let steps = |v: &[Sample]| {
+        json!({
+            "tailscaled_answers": spread(&f(v, |s| s.times.answered_ms)),
+            "up_reaches_tailscaled": spread(&f(v, |s| s.times.up_ms)),
+            "up_reaches_tailscaled_after_answer": spread(&f(v, |s| s.times.up_ms - s.times.answered_ms)),
+            "running": spread(&f(v, |s| s.times.running_ms)),
+        })
+    };
     let ts_rss = f(&ts, |s| s.rss_kib);
     let cb_rss = f(&cb, |s| s.rss_kib);
     let ts_tsd_rss = f(&ts, |s| s.tailscaled_rss_kib);
@@ -176,6 +184,7 @@ fn main() {
     let mut t = serde_json::Map::new();
     t.insert("start_to_running_ms".into(), num(median(&ts_run)));
     t.insert("start_to_running_ms_spread".into(), spread(&ts_run));
+    t.insert("join_steps_ms".into(), steps(&ts));
     t.insert(
         "running_to_pod_path_ready_ms".into(),
         num(median(&ts_ready)),
@@ -223,6 +232,7 @@ fn main() {
     let c = json!({
         "start_to_running_ms": num(median(&cb_run)),
         "start_to_running_ms_spread": spread(&cb_run),
+        "join_steps_ms": steps(&cb),
         "running_to_pod_path_ready_ms": null,
         "note": "containerboot has no pod path (no SNAT, no MSS clamp) and no state to repair",
         "rss_kib": num(median(&cb_rss)),
@@ -367,11 +377,21 @@ enum Daemon {
     Containerboot,
 }
 
-/// One join round's figures.
-struct Sample {
+/// When a join got where, in ms from the daemon's start (the last one from Running).
+#[derive(Clone, Copy)]
+struct Times {
+    /// tailscaled's backend answered on the IPN bus (its own start-up).
+    answered_ms: f64,
+    /// `tailscale up` reached tailscaled (its first preferences change).
+    up_ms: f64,
     running_ms: f64,
     /// tsbridge: Running -> `/readyz` 200 (pod path verified by the kernel).
     ready_ms: f64,
+}
+
+/// One join round's figures.
+struct Sample {
+    times: Times,
     rss_kib: f64,
     tailscaled_rss_kib: f64,
     sigterm_ms: f64,
@@ -380,8 +400,10 @@ struct Sample {
 impl Sample {
     fn json(&self) -> Value {
         json!({
-            "start_to_running_ms": num(self.running_ms),
-            "running_to_pod_path_ready_ms": num(self.ready_ms),
+            "start_to_tailscaled_answers_ms": num(self.times.answered_ms),
+            "start_to_up_reaches_tailscaled_ms": num(self.times.up_ms),
+            "start_to_running_ms": num(self.times.running_ms),
+            "running_to_pod_path_ready_ms": num(self.times.ready_ms),
             "rss_kib": num(self.rss_kib),
             "tailscaled_rss_kib": num(self.tailscaled_rss_kib),
             "sigterm_to_exit_ms": num(self.sigterm_ms),
@@ -413,9 +435,20 @@ impl Bench<'_> {
 
     /// A fresh node with a pod (same topology for both daemons), then the daemon, watched
     /// from before its start until Running (and, for tsbridge, until `/readyz` is 200).
-    fn start(&self, d: Daemon, role: &str) -> (Running, f64, f64) {
+    fn start(&self, d: Daemon, role: &str) -> (Running, Times) {
         let host = self.lab.host(role).expect("node");
         let pod = self.lab.pod(&host).expect("pod");
+        // A settled node, as a real one is: the links' IPv6 duplicate address detection
+        // done (finishing during the join would be a link change that makes tailscaled
+        // redo its control connection, adding seconds of noise to either daemon).
+        tsbridge_lab::wait_until(Duration::from_secs(10), "IPv6 addresses settled", || {
+            let t = self
+                .lab
+                .exec_ok(&host.ns, &["ip", "-6", "addr", "show", "tentative"])
+                .unwrap_or_default();
+            Ok(t.trim().is_empty().then_some(()))
+        })
+        .expect("settled node");
         let watcher = observe::running_at(host.socket(), Duration::from_secs(90));
         let ready = (d == Daemon::Tsbridge)
             .then(|| observe::ReadyPoller::start(&host.ns, Duration::from_secs(30)));
@@ -431,12 +464,13 @@ impl Bench<'_> {
             }
             Daemon::Containerboot => self.start_containerboot(&host),
         };
-        let running = watcher.join().ok().flatten().unwrap_or_else(|| {
+        let steps = watcher.join().ok().flatten().unwrap_or_else(|| {
             panic!(
                 "no Running\n{}",
                 tsbridge_lab::tail(&self.lab.log(&proc), 40)
             )
         });
+        let running = steps.running;
         let ready_ms = match ready {
             Some(p) => {
                 let at = p.ready_at().unwrap_or_else(|| {
@@ -449,7 +483,13 @@ impl Bench<'_> {
             }
             None => f64::NAN,
         };
-        let running_ms = running.duration_since(t0).as_secs_f64() * 1000.0;
+        let ms = |t: Instant| t.saturating_duration_since(t0).as_secs_f64() * 1000.0;
+        let times = Times {
+            answered_ms: ms(steps.answered),
+            up_ms: steps.up.map_or(f64::NAN, ms),
+            running_ms: ms(running),
+            ready_ms,
+        };
         (
             Running {
                 proc,
@@ -457,8 +497,7 @@ impl Bench<'_> {
                 pod,
                 running,
             },
-            running_ms,
-            ready_ms,
+            times,
         )
     }
 
@@ -516,7 +555,7 @@ impl Bench<'_> {
 
     /// One join round: start, measure, stop, and take the node off the tailnet again.
     fn join(&self, d: Daemon, role: &str) -> Sample {
-        let (r, running_ms, ready_ms) = self.start(d, role);
+        let (r, times) = self.start(d, role);
         std::thread::sleep(Duration::from_secs(3));
         let rss = rss_kib(r.proc.pid) as f64;
         let tsd_rss = self.tailscaled_rss(&r.host.ns);
@@ -528,8 +567,7 @@ impl Bench<'_> {
             );
         }
         Sample {
-            running_ms,
-            ready_ms,
+            times,
             rss_kib: rss,
             tailscaled_rss_kib: tsd_rss,
             sigterm_ms: sigterm_ms.unwrap_or(f64::NAN),
@@ -537,8 +575,8 @@ impl Bench<'_> {
     }
 
     fn start_long(&self, d: Daemon, role: &str) -> (Running, Host) {
-        let (r, running_ms, _) = self.start(d, role);
-        eprintln!("{role}: Running after {running_ms:.0} ms");
+        let (r, t) = self.start(d, role);
+        eprintln!("{role}: Running after {:.0} ms", t.running_ms);
         let host = r.host.clone();
         (r, host)
     }
@@ -793,6 +831,26 @@ fn table(v: &Value) -> String {
         sp(&c["start_to_running_ms_spread"]),
         sp(&r["start_to_running"]),
     );
+    let js = |d: &Value| {
+        format!(
+            "{} / {} / {}",
+            f(&d["join_steps_ms"]["tailscaled_answers"]["median"]),
+            f(&d["join_steps_ms"]["up_reaches_tailscaled"]["median"]),
+            f(&d["join_steps_ms"]["running"]["median"])
+        )
+    };
+    row(
+        "join steps from start (medians, ms): tailscaled answers / `tailscale up` reaches it / Running",
+        js(t),
+        js(c),
+        String::new(),
+    );
+    row(
+        "`tailscale up` reaches tailscaled, after it answers (ms): the daemon's own share",
+        sp(&t["join_steps_ms"]["up_reaches_tailscaled_after_answer"]),
+        sp(&c["join_steps_ms"]["up_reaches_tailscaled_after_answer"]),
+        String::new(),
+    );
     row(
         "Running -> pod path ready (ms)",
         sp(&t["running_to_pod_path_ready_ms_spread"]),
@@ -1039,8 +1097,9 @@ fn results_md(v: &Value, table: &str, goals: &str) -> String {
          ## Goals (issue 13)\n\n{goals}\n\
          ## How it is measured\n\n\
          - Both daemons get identical nodes: a lab host with a pod attached (veth, IPv4 and IPv6\n\
-           addresses, forwarding on) before the daemon starts; containerboot is configured like the\n\
-           official extension (kernel mode, TS_STATE_DIR, TS_SOCKET).\n\
+           addresses, forwarding on), settled (IPv6 duplicate address detection finished) before the\n\
+           daemon starts; containerboot is configured like the official extension (kernel mode,\n\
+           TS_STATE_DIR, TS_SOCKET).\n\
          - Joins alternate on fresh nodes (tsbridge first in even rounds, containerboot first in odd\n\
            ones), {} rounds; each node is deleted from headscale after its round. Start -> Running ends\n\
            when tailscaled announces Running on its IPN bus, seen by one watcher used for both.\n\

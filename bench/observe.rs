@@ -27,9 +27,19 @@ pub fn realtime() -> bool {
     unsafe { nix::libc::sched_setscheduler(0, nix::libc::SCHED_FIFO, &p) == 0 }
 }
 
+/// When tailscaled's IPN bus said what, from its first answer to Running.
+#[derive(Clone, Copy, Debug)]
+pub struct Steps {
+    /// The first message (the initial state): tailscaled's backend answers.
+    pub answered: Instant,
+    /// The first preferences change after it: `tailscale up` reached tailscaled.
+    pub up: Option<Instant>,
+    pub running: Instant,
+}
+
 /// Follows tailscaled's IPN bus at `socket` (connecting as soon as the socket accepts)
-/// and returns the instant it announced Running. Started before the daemon.
-pub fn running_at(socket: PathBuf, limit: Duration) -> std::thread::JoinHandle<Option<Instant>> {
+/// until it announces Running. Started before the daemon.
+pub fn running_at(socket: PathBuf, limit: Duration) -> std::thread::JoinHandle<Option<Steps>> {
     std::thread::spawn(move || {
         // Seen late, Running would make the time to readiness look shorter than it is.
         realtime();
@@ -40,6 +50,7 @@ pub fn running_at(socket: PathBuf, limit: Duration) -> std::thread::JoinHandle<O
         rt.block_on(async move {
             let deadline = tokio::time::Instant::now() + limit;
             let api = LocalApi::new(&socket);
+            let (mut answered, mut up) = (None, None);
             while tokio::time::Instant::now() < deadline {
                 // Initial state (2), no private keys (16).
                 let Ok(mut w) = api.watch(2 | 16).await else {
@@ -48,10 +59,21 @@ pub fn running_at(socket: PathBuf, limit: Duration) -> std::thread::JoinHandle<O
                 };
                 loop {
                     match tokio::time::timeout_at(deadline, w.next()).await {
-                        Ok(Ok(Some(n))) if n.backend() == Some(BackendState::Running) => {
-                            return Some(Instant::now());
+                        Ok(Ok(Some(n))) => {
+                            let now = Instant::now();
+                            if answered.is_none() {
+                                answered = Some(now);
+                            } else if up.is_none() && n.prefs.is_some() {
+                                up = Some(now);
+                            }
+                            if n.backend() == Some(BackendState::Running) {
+                                return Some(Steps {
+                                    answered: answered.unwrap_or(now),
+                                    up,
+                                    running: now,
+                                });
+                            }
                         }
-                        Ok(Ok(Some(_))) => {}
                         Ok(_) => break,
                         Err(_) => return None,
                     }

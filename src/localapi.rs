@@ -531,6 +531,9 @@ pub struct Notify {
     pub state: Option<i64>,
     #[serde(rename = "NetMap")]
     pub net_map: Option<IgnoredAny>,
+    /// Sent when the preferences change (the first thing `tailscale up` does).
+    #[serde(rename = "Prefs")]
+    pub prefs: Option<IgnoredAny>,
     /// The node itself, sent on every network map: its addresses and name, so `/status`
     /// need not be read again.
     #[serde(rename = "SelfChange")]
