@@ -7,7 +7,7 @@
 //! - both daemons get the same node: a lab host with a pod (a veth with IPv4 and IPv6
 //!   addresses, forwarding on) attached before the daemon starts;
 //! - joins alternate (tsbridge, containerboot, then containerboot, tsbridge, ...) for
-//!   `TSBRIDGE_BENCH_ROUNDS` rounds (default 5) on fresh nodes, each removed from
+//!   `TSBRIDGE_BENCH_ROUNDS` rounds (default 7, at least 5) on fresh nodes, each removed from
 //!   headscale afterwards so every round sees the same tailnet; ratios are per pair;
 //! - Running is the instant tailscaled announces it on its IPN bus, seen by the same
 //!   watcher for both (connected as soon as the socket accepts);
@@ -592,6 +592,11 @@ impl Bench<'_> {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
         self.lab.stop(p);
+        // Kept for a post-mortem of the run (bench/out is not committed).
+        let logs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/out/logs");
+        if std::fs::create_dir_all(&logs).is_ok() {
+            let _ = std::fs::write(logs.join(format!("{}.log", p.name)), self.lab.log(p));
+        }
         st
     }
 
@@ -1117,7 +1122,10 @@ fn results_md(v: &Value, table: &str, goals: &str) -> String {
          - CPU: `/proc/PID/task/*/schedstat` (nanoseconds). Route storms: `ip -batch` adds then\n\
            deletes N /32 routes in table 52; tsbridge's CPU and wake-ups over the storm plus 1 s.\n\
          - Throughput: iperf3 TCP to the peer's tailnet address, 10 s after 2 s omitted, pod and node\n\
-           runs alternating (pod first in even pairs).\n",
+           runs alternating (pod first in even pairs).\n\
+         - The harness's timing threads (the IPN-bus watcher, the `/readyz` poller, the drift\n\
+           listeners and deleter) run at real-time priority (SCHED_FIFO), so their own scheduling\n\
+           under other load does not count as the daemons'; both daemons run at normal priority.\n",
         m["cpu"].as_str().unwrap_or(""),
         m["cores"],
         m["kernel"].as_str().unwrap_or(""),

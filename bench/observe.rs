@@ -13,8 +13,9 @@ use tsbridge_lab::{Ns, spawn_in};
 
 pub const LISTEN: &str = "127.0.0.1:9002";
 
-/// Real-time priority for the calling thread (the IPN-bus watcher, the drift listeners and
-/// the deleter): the harness's own scheduling must not enter the figures. Netlink
+/// Real-time priority for the calling thread (the IPN-bus watcher, the `/readyz` poller,
+/// the drift listeners and the deleter): the harness's own scheduling must not enter the
+/// figures. Netlink
 /// sockets carry no kernel receive timestamps, so a notification is timed when the
 /// listener reads it: at this priority it is woken at once, whatever else the machine
 /// runs. The deleter holds the kernel's nftables commit lock (or the RTNL) until its
@@ -127,13 +128,15 @@ impl ReadyPoller {
     pub fn start(ns: &Ns, limit: Duration) -> ReadyPoller {
         let (go, rx) = mpsc::channel::<()>();
         let done = spawn_in(ns, move || {
+            // Its own scheduling delays must not count as tsbridge's.
+            realtime();
             rx.recv().ok()?;
             let end = Instant::now() + limit;
             while Instant::now() < end {
                 if get("/readyz").is_some_and(|(s, _)| s == 200) {
                     return Some(Instant::now());
                 }
-                std::thread::sleep(Duration::from_micros(100));
+                std::thread::sleep(Duration::from_micros(200));
             }
             None
         });
