@@ -13,8 +13,14 @@ done
 
 # Debian packages: iproute2 and iputils-ping (lab namespaces), nftables (tests inspect state with `nft`;
 # tsbridge itself never runs it), file (static-binary check), iperf3 (benchmarks),
-# skopeo (reads the OCI archive), qemu-system-x86 (QEMU test).
-PKGS=(iproute2 iputils-ping nftables file iperf3 skopeo qemu-system-x86 cpio dpkg-dev)
+# skopeo (reads the OCI archive), qemu-system-x86 (QEMU test), procps (sysctl in the lab),
+# python3 (scripts/oci.py), curl (the LocalAPI fixture recorder in tests/lab.rs),
+# tinyproxy-bin (the HTTP proxy of the lab's proxy test; the binary only, no service started
+# on this machine), openssl (the lab's HTTPS control server certificate), wireguard-tools
+# (`wg`, configures the userspace WireGuard of the KubeSpan lab test) and tcpdump (its
+# capture on the lab link).
+# scripts/check-packages.py fails when a command the suite runs needs a package not listed.
+PKGS=(iproute2 iputils-ping nftables file iperf3 skopeo qemu-system-x86 cpio dpkg-dev procps python3 curl tinyproxy-bin openssl wireguard-tools tcpdump)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

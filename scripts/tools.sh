@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Builds (stripped, CGO_ENABLED=0) the real Go counterparts at the versions pinned in versions.env into .tools/bin:
-# tailscale, tailscaled (tailscale.com) and headscale. Builds are cached per version in
-# $TSBRIDGE_CACHE, so the second run (and CI on the same machine) only copies.
+# tailscale, tailscaled (tailscale.com), containerboot (what the official Talos extension
+# runs: the lab's migration tests and the benchmarks), coredns (the lab's cluster DNS),
+# wireguard (wireguard-go, the KubeSpan lab test's WireGuard) and headscale. Builds are
+# cached per version in $TSBRIDGE_CACHE, so the second run (and CI on the same machine)
+# only copies.
 . "$(dirname "$0")/lib.sh"
 
 # install NAME MODULE_PATH VERSION
@@ -27,6 +30,11 @@ if [ "${1:-}" = tailscale ]; then
   exit 0
 fi
 
+install_tool containerboot tailscale.com/cmd/containerboot "$TAILSCALE_VERSION"
+install_tool coredns github.com/coredns/coredns "$COREDNS_VERSION"
+# The KubeSpan lab test's WireGuard (the machines' kernel has no wireguard module).
+install_tool wireguard golang.zx2c4.com/wireguard "$WIREGUARD_GO_VERSION"
+
 # headscale: built from scripts/tools/headscale/go.mod (see the comment there for why not
 # `go install`); the version there must match versions.env.
 hs_dir="$CACHE/bin/headscale-$HEADSCALE_VERSION-stripped"
@@ -40,4 +48,11 @@ if [ ! -x "$hs_dir/headscale" ]; then
   mv "$hs_dir/headscale.tmp" "$hs_dir/headscale"
 fi
 install -m 0755 "$hs_dir/headscale" "$TOOLS_BIN/headscale"
+
+# promcheck: `promtool check metrics`'s linter and Prometheus's text parser, from
+# tests/promcheck/go.mod (client_golang pinned there; see main.go for why not promtool).
+grep -q "github.com/prometheus/client_golang $PROMETHEUS_CLIENT_GOLANG_VERSION" "$ROOT/tests/promcheck/go.mod" ||
+  die "tests/promcheck/go.mod does not pin client_golang $PROMETHEUS_CLIENT_GOLANG_VERSION (versions.env)"
+(cd "$ROOT/tests/promcheck" && go build -ldflags="-s -w" -o "$TOOLS_BIN/promcheck" .) ||
+  die "building tests/promcheck failed"
 log "tools ready in $TOOLS_BIN: $(ls "$TOOLS_BIN" | tr '\n' ' ')"

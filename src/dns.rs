@@ -29,7 +29,12 @@ pub async fn query_a(
 ) -> Result<Vec<Ipv4Addr>, DnsError> {
     let id: u16 = (std::process::id() as u16) ^ 0x5a5a;
     let q = encode_query(id, name)?;
-    let sock = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
+    let any = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let sock = tokio::net::UdpSocket::bind(any).await?;
     sock.send_to(&q, server).await?;
     let mut buf = [0u8; 1500];
     let n = tokio::time::timeout(limit, sock.recv(&mut buf))

@@ -21,6 +21,9 @@ pub enum Check {
     Ok(String),
     /// Fails; the text says why, in one line.
     Fail(String),
+    /// Nothing to verify yet, and nothing wrong seen: counts as ready, but is never shown
+    /// as `ok` (the pod path on a node without pods).
+    Unverified(String),
 }
 
 #[derive(Debug, Default)]
@@ -134,6 +137,8 @@ impl Health {
             config_problems: g.config_problems.clone(),
             backend: status.backend,
             tailnet_addrs: status.addrs.len(),
+            tailscaled_problem: status.problem.clone(),
+            state_store: status.state_store.clone(),
             reconciled: g.reconciled.clone(),
             pod_path: g.pod_path.clone(),
             pod_path_required: g.pod_path_required,
@@ -171,7 +176,8 @@ pub fn egress_checks(e: &crate::egress::EgressHealth) -> (Check, Check) {
     };
     let pod_path = match &e.pod_path {
         PodPath::Ok { via } => Check::Ok(format!("pod packets to the tailnet leave via {via}")),
-        PodPath::Problem(p) => Check::Fail(p.clone()),
+        PodPath::Problem(p) | PodPath::Unconfigured(p) => Check::Fail(p.clone()),
+        PodPath::NoPods(why) => Check::Unverified(format!("no pods yet, unverified: {why}")),
         PodPath::Unknown(why) => Check::Fail(format!("not verified: {why}")),
     };
     (reconciled, pod_path)
@@ -199,6 +205,10 @@ pub struct Snapshot {
     pub config_problems: Vec<String>,
     pub backend: BackendState,
     pub tailnet_addrs: usize,
+    /// Why the node is off the tailnet, when the join side or the supervisor knows.
+    pub tailscaled_problem: Option<String>,
+    /// tailscaled runs on in-memory state: why (see `status::state_store_problem`).
+    pub state_store: Option<String>,
     pub reconciled: Check,
     pub pod_path: Check,
     pub pod_path_required: bool,
@@ -208,7 +218,10 @@ pub struct Snapshot {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Part {
     pub name: &'static str,
+    /// Does not stand in the way of readiness.
     pub ok: bool,
+    /// Passes only for want of anything to check ([`Check::Unverified`]).
+    pub unverified: bool,
     pub detail: String,
 }
 
@@ -229,6 +242,7 @@ pub fn readiness(s: &Snapshot) -> (bool, Vec<Part>) {
             vec![Part {
                 name: "config",
                 ok: false,
+                unverified: false,
                 detail,
             }],
         );
@@ -236,19 +250,34 @@ pub fn readiness(s: &Snapshot) -> (bool, Vec<Part>) {
     let mut parts = vec![Part {
         name: "config",
         ok: true,
+        unverified: false,
         detail: "valid".into(),
     }];
     let running = s.backend == BackendState::Running && s.tailnet_addrs > 0;
+    let mut detail = match (s.backend, s.tailnet_addrs) {
+        (BackendState::Running, 0) => "Running, but no tailnet address yet".into(),
+        (BackendState::Running, n) => format!("Running with {n} tailnet addresses"),
+        (BackendState::Down, _) => "not running or LocalAPI unreachable".to_owned(),
+        (b, _) => format!("backend state {} (want Running)", b.name()),
+    };
+    if let (false, Some(p)) = (running, &s.tailscaled_problem) {
+        detail.push_str(": ");
+        detail.push_str(p);
+    }
     parts.push(Part {
         name: "tailscaled",
         ok: running,
-        detail: match (s.backend, s.tailnet_addrs) {
-            (BackendState::Running, 0) => "Running, but no tailnet address yet".into(),
-            (BackendState::Running, n) => format!("Running with {n} tailnet addresses"),
-            (BackendState::Down, _) => "not running or LocalAPI unreachable".into(),
-            (b, _) => format!("backend state {} (want Running)", b.name()),
-        },
+        unverified: false,
+        detail,
     });
+    if let Some(p) = &s.state_store {
+        parts.push(Part {
+            name: "state",
+            ok: false,
+            unverified: false,
+            detail: p.clone(),
+        });
+    }
     parts.push(check_part(
         "reconciled",
         &s.reconciled,
@@ -265,19 +294,30 @@ pub fn readiness(s: &Snapshot) -> (bool, Vec<Part>) {
 }
 
 fn check_part(name: &'static str, c: &Check, pending: &str) -> Part {
-    let (ok, detail) = match c {
-        Check::Pending => (false, pending.to_owned()),
-        Check::Ok(d) => (true, d.clone()),
-        Check::Fail(d) => (false, d.clone()),
+    let (ok, unverified, detail) = match c {
+        Check::Pending => (false, false, pending.to_owned()),
+        Check::Ok(d) => (true, false, d.clone()),
+        Check::Fail(d) => (false, false, d.clone()),
+        Check::Unverified(d) => (true, true, d.clone()),
     };
-    Part { name, ok, detail }
+    Part {
+        name,
+        ok,
+        unverified,
+        detail,
+    }
 }
 
-/// The `/readyz` body: a first line `ready`/`not ready`, then one line per part.
+/// The `/readyz` body: a first line `ready`/`not ready`, then one line per part: `ok`,
+/// `FAIL`, or `skip` for a part with nothing to verify yet.
 pub fn render_readiness(ready: bool, parts: &[Part]) -> String {
     let mut out = String::from(if ready { "ready\n" } else { "not ready\n" });
     for p in parts {
-        out.push_str(if p.ok { "ok   " } else { "FAIL " });
+        out.push_str(match (p.ok, p.unverified) {
+            (true, false) => "ok   ",
+            (true, true) => "skip ",
+            (false, _) => "FAIL ",
+        });
         out.push_str(p.name);
         out.push_str(": ");
         // One line per part, whatever the detail holds.
@@ -296,6 +336,8 @@ mod tests {
             config_problems: vec![],
             backend: BackendState::Running,
             tailnet_addrs: 2,
+            tailscaled_problem: None,
+            state_store: None,
             reconciled: Check::Ok("in sync".into()),
             pod_path: Check::Ok("10.244.0.2 -> 100.64.0.2 via tailscale0".into()),
             pod_path_required: true,
@@ -346,6 +388,45 @@ mod tests {
     }
 
     #[test]
+    fn no_pods_yet_is_ready_but_never_shown_as_ok() {
+        let mut s = ready_snapshot();
+        s.pod_path = Check::Unverified("no pods yet, unverified: no pod route".into());
+        let (ok, parts) = readiness(&s);
+        assert!(ok, "a fresh node without pods must not stay unready");
+        let body = render_readiness(ok, &parts);
+        assert!(body.starts_with("ready\n"), "{body}");
+        assert!(
+            body.contains("skip pod_path: no pods yet, unverified"),
+            "{body}"
+        );
+        assert!(!body.contains("ok   pod_path"), "{body}");
+    }
+
+    #[test]
+    fn in_memory_state_fails_readiness_with_its_cause() {
+        let mut s = ready_snapshot();
+        s.state_store = Some("tailscaled cannot write its state directory /s (read-only file system) and runs on in-memory state".into());
+        let (ok, parts) = readiness(&s);
+        assert!(!ok);
+        let body = render_readiness(ok, &parts);
+        assert!(
+            body.contains(
+                "FAIL state: tailscaled cannot write its state directory /s (read-only file system)"
+            ),
+            "{body}"
+        );
+        // Why tailscaled is not running, when known, is on its line.
+        let mut s = ready_snapshot();
+        s.backend = BackendState::Down;
+        s.tailscaled_problem = Some(
+            "cannot start tailscaled: preparing /s: Read-only file system (os error 30)".into(),
+        );
+        let body = render_readiness(false, &readiness(&s).1);
+        assert!(body.contains("FAIL tailscaled: not running or LocalAPI unreachable: cannot start tailscaled: preparing /s: Read-only"), "{body}");
+        assert!(!body.contains("FAIL state"), "{body}");
+    }
+
+    #[test]
     fn invalid_configuration_says_degraded_on_one_line() {
         let mut s = ready_snapshot();
         s.config_problems = vec!["TS_USERSPACE=\"true\": no".into(), "B: x\ny".into()];
@@ -376,6 +457,9 @@ mod tests {
         let (r, p) = egress_checks(&e);
         assert!(matches!(r, Check::Fail(ref s) if s.contains("EPERM")));
         assert_eq!(p, Check::Fail("leaves via eth0".into()));
+        e.pod_path = PodPath::NoPods("no route into TSBRIDGE_POD_CIDRS".into());
+        let (_, p) = egress_checks(&e);
+        assert!(matches!(p, Check::Unverified(ref s) if s.starts_with("no pods yet, unverified")));
     }
 
     #[tokio::test]

@@ -24,7 +24,7 @@ use crate::localapi::{ApiError, LocalApi, Notify, WATCH_MASK};
 use crate::reaper::{Reaper, terminate};
 use crate::secret::{Secret, redact};
 use crate::shutdown::until_shutdown;
-use crate::status::{BackendState, TailscaleStatus};
+use crate::status::{BackendState, STATE_STORE_WARNING, TailscaleStatus, state_store_problem};
 use crate::tailscaled::{self, child_env};
 
 /// What the join side knows when it decides.
@@ -355,6 +355,8 @@ pub async fn run(
         };
         refused = 0;
         info!(socket = %cfg.socket.display(), since_start_ms = since_start_ms(), "following tailscaled's LocalAPI");
+        // The watch's first message carries tailscaled's health again.
+        status.send_if_modified(|s| s.state_store.take().is_some());
         let mut state = BackendState::NoState;
         let mut seen = Seen::default();
         let mut applied = false;
@@ -416,7 +418,7 @@ pub async fn run(
                 n = w.next() => match n {
                     Ok(Some(n)) => {
                         crate::metrics::global().woke(crate::metrics::Wake::IpnBus);
-                        if let Some(s) = on_notify(&api, &status, &n, &mut seen).await {
+                        if let Some(s) = on_notify(&api, &status, &n, &mut seen, &cfg.state_dir).await {
                             if s != state {
                                 info!(state = %s, since_start_ms = since_start_ms(), "tailscaled state");
                             }
@@ -513,6 +515,7 @@ async fn on_notify(
     status: &watch::Sender<TailscaleStatus>,
     n: &Notify,
     seen: &mut Seen,
+    state_dir: &std::path::Path,
 ) -> Option<BackendState> {
     if let Some(e) = &n.err_message
         && seen.err.as_deref() != Some(e.as_str())
@@ -526,6 +529,21 @@ async fn on_notify(
             info!(warnings = %msgs, "tailscaled health");
         }
         seen.health = Some(msgs);
+        let store = h
+            .warnings
+            .as_ref()
+            .and_then(|w| w.get(STATE_STORE_WARNING))
+            .map(|w| state_store_problem(&redact(&w.text), state_dir));
+        status.send_if_modified(|s| {
+            if s.state_store == store {
+                return false;
+            }
+            if let Some(p) = &store {
+                warn!(state_dir = %state_dir.display(), problem = %p, "tailscaled runs on in-memory state");
+            }
+            s.state_store = store;
+            true
+        });
     }
     if let Some(me) = &n.self_change {
         publish_self(status, None, me.addrs(), me.suffix());

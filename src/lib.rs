@@ -15,6 +15,7 @@ pub mod localapi;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod proxy;
 pub mod reaper;
 pub mod run;
 pub mod secret;

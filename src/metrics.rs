@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::reaper::Exit;
 use crate::status::BackendState;
 
 /// Kinds of kernel objects tsbridge owns; drift repairs are counted per kind.
@@ -89,13 +90,6 @@ pub const RECONCILE_BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
 ];
 
-/// How tailscaled's last run ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ChildExit {
-    Code(i32),
-    Signal(i32),
-}
-
 const NO_EXIT: i64 = i64::MIN;
 
 static GLOBAL: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
@@ -168,10 +162,10 @@ impl Metrics {
         }
     }
 
-    pub fn tailscaled_exited(&self, exit: ChildExit) {
+    pub fn tailscaled_exited(&self, exit: Exit) {
         let v = match exit {
-            ChildExit::Code(c) => i64::from(c.max(0)),
-            ChildExit::Signal(s) => -i64::from(s.max(1)),
+            Exit::Code(c) => i64::from(c.max(0)),
+            Exit::Signal(s) => -i64::from(s.max(1)),
         };
         self.tailscaled_last_exit.store(v, Relaxed);
         self.tailscaled_last_exit_unix
@@ -182,11 +176,11 @@ impl Metrics {
         self.tailscaled_restarts.load(Relaxed)
     }
 
-    pub fn last_exit(&self) -> Option<ChildExit> {
+    pub fn last_exit(&self) -> Option<Exit> {
         match self.tailscaled_last_exit.load(Relaxed) {
             NO_EXIT => None,
-            v if v >= 0 => Some(ChildExit::Code(v as i32)),
-            v => Some(ChildExit::Signal((-v) as i32)),
+            v if v >= 0 => Some(Exit::Code(v as i32)),
+            v => Some(Exit::Signal((-v) as i32)),
         }
     }
 
@@ -314,8 +308,8 @@ impl Metrics {
                 "how tailscaled's last run ended: exit code, or the signal that killed it",
             );
             let (kind, v) = match exit {
-                ChildExit::Code(c) => ("code", c),
-                ChildExit::Signal(s) => ("signal", s),
+                Exit::Code(c) => ("code", c),
+                Exit::Signal(s) => ("signal", s),
             };
             let _ = writeln!(o, "tsbridge_tailscaled_last_exit{{kind=\"{kind}\"}} {v}");
             gauge_head(
@@ -509,19 +503,19 @@ pub(crate) mod tests {
     fn first_start_is_not_a_restart_and_exits_are_recorded() {
         let m = Metrics::new();
         m.tailscaled_started();
-        m.tailscaled_exited(ChildExit::Signal(9));
+        m.tailscaled_exited(Exit::Signal(9));
         m.tailscaled_started();
-        m.tailscaled_exited(ChildExit::Code(1));
+        m.tailscaled_exited(Exit::Code(1));
         m.tailscaled_started();
         assert_eq!(m.tailscaled_restarts(), 2);
-        assert_eq!(m.last_exit(), Some(ChildExit::Code(1)));
+        assert_eq!(m.last_exit(), Some(Exit::Code(1)));
         let t = m.render(BackendState::Running, true);
         assert_eq!(value(&t, "tsbridge_tailscaled_restarts_total"), Some(2.0));
         assert_eq!(
             value(&t, "tsbridge_tailscaled_last_exit{kind=\"code\"}"),
             Some(1.0)
         );
-        m.tailscaled_exited(ChildExit::Signal(9));
+        m.tailscaled_exited(Exit::Signal(9));
         let t = m.render(BackendState::Running, true);
         assert_eq!(
             value(&t, "tsbridge_tailscaled_last_exit{kind=\"signal\"}"),

@@ -33,6 +33,16 @@ pub const TAILNET_V6: Cidr = Cidr {
 };
 
 impl Cidr {
+    /// Every IPv4 / IPv6 address.
+    pub const ANY_V4: Cidr = Cidr {
+        addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        prefix: 0,
+    };
+    pub const ANY_V6: Cidr = Cidr {
+        addr: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        prefix: 0,
+    };
+
     /// A prefix from an address and a length; host bits are cleared.
     pub fn new_truncating(addr: IpAddr, prefix: u8) -> Result<Self, CidrError> {
         let max = max_prefix(&addr);

@@ -31,6 +31,15 @@ impl Exit {
     pub fn success(self) -> bool {
         self == Exit::Code(0)
     }
+
+    /// How a process ends when asked to stop: status 0 (Go programs such as tailscaled
+    /// catch SIGTERM and exit 0), or death by SIGTERM or SIGINT.
+    pub fn is_clean_stop(self) -> bool {
+        match self {
+            Exit::Code(c) => c == 0,
+            Exit::Signal(s) => s == Signal::SIGTERM as i32 || s == Signal::SIGINT as i32,
+        }
+    }
 }
 
 impl fmt::Display for Exit {
@@ -170,5 +179,15 @@ mod tests {
         let e = terminate(b.pid, &mut b.exit, Duration::from_secs(2)).await;
         assert_eq!(e, Some(Exit::Signal(Signal::SIGTERM as i32)));
         assert_eq!(e.unwrap().to_string(), "killed by SIGTERM");
+    }
+
+    #[test]
+    fn clean_stops_are_status_zero_or_a_stop_signal() {
+        assert!(Exit::Code(0).is_clean_stop());
+        assert!(Exit::Signal(Signal::SIGTERM as i32).is_clean_stop());
+        assert!(Exit::Signal(Signal::SIGINT as i32).is_clean_stop());
+        assert!(!Exit::Code(1).is_clean_stop());
+        assert!(!Exit::Signal(Signal::SIGKILL as i32).is_clean_stop());
+        assert!(!Exit::Signal(Signal::SIGSEGV as i32).is_clean_stop());
     }
 }

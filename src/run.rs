@@ -65,25 +65,33 @@ impl Obs {
                 health.set_config_problems(e.0.iter().map(ToString::to_string).collect());
             }
         }
+        let lab_subnets = loaded
+            .config
+            .as_ref()
+            .map(|c| c.lab_subnets.clone())
+            .unwrap_or_default();
         Obs {
             health,
             listener: serve::Settings::from_switches(
                 loaded.listen,
+                &lab_subnets,
                 loaded.enable_health_check,
                 loaded.enable_metrics,
             ),
         }
     }
 
-    async fn serve(
+    /// The listener follows the node's addresses as the egress reconciler sees them.
+    fn serve(
         &self,
         status: watch::Receiver<TailscaleStatus>,
+        addrs: watch::Receiver<crate::egress::EgressHealth>,
     ) -> Option<tokio::task::JoinHandle<()>> {
         let shared = Arc::new(serve::Shared {
             metrics: metrics::global(),
             health: Arc::clone(&self.health),
             status,
-            endpoints: self.listener.map_or(
+            endpoints: self.listener.as_ref().map_or(
                 serve::Endpoints {
                     health: false,
                     metrics: false,
@@ -91,7 +99,7 @@ impl Obs {
                 |s| s.endpoints,
             ),
         });
-        serve::spawn(self.listener, shared).await
+        serve::spawn(self.listener.clone(), shared, addrs)
     }
 
     /// Spawns `fut` as a loop that `/healthz` watches.
@@ -150,7 +158,8 @@ async fn degraded(errors: config::ConfigErrors, obs: Obs) -> ExitCode {
         "tsbridge is degraded: fix the ExtensionServiceConfig (name: tailscale) and apply it; the service restarts with the new configuration"
     );
     let (_status_tx, status_rx) = watch::channel(TailscaleStatus::default());
-    let _http = obs.serve(status_rx).await;
+    let (_addrs_tx, addrs_rx) = watch::channel(crate::egress::EgressHealth::default());
+    let _http = obs.serve(status_rx, addrs_rx);
     wait_for_shutdown().await
 }
 
@@ -162,6 +171,14 @@ async fn daemon(cfg: Config, obs: Obs) -> ExitCode {
         has_auth_key = cfg.auth_key.is_some(),
         "tsbridge starting"
     );
+    if !cfg.proxies.is_empty() {
+        info!(
+            http_proxy = %cfg.proxies.shown("HTTP_PROXY"),
+            https_proxy = %cfg.proxies.shown("HTTPS_PROXY"),
+            no_proxy = %cfg.proxies.shown("NO_PROXY"),
+            "tailscaled and tailscale use the HTTP proxy from the environment"
+        );
+    }
     if cfg.lab_subnets.is_empty() {
         warn!("TSBRIDGE_LAB_SUBNETS is not set: the node's Kubernetes identity is unguarded");
     }
@@ -192,9 +209,21 @@ async fn daemon(cfg: Config, obs: Obs) -> ExitCode {
     let cfg = Arc::new(cfg);
     let (status_tx, status_rx) = watch::channel(TailscaleStatus::default());
     let status_tx = Arc::new(status_tx);
+    // A stop in order: `shutdown` first (no more joining, tailscaled no longer
+    // supervised), then tsbridge's kernel state, then `stop_tailscaled`.
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (stop_tailscaled_tx, stop_tailscaled_rx) = watch::channel(false);
 
-    let _http = obs.serve(status_rx.clone()).await;
+    // The guards and the egress state first (they do not depend on tailscaled), then the
+    // listener, which follows the addresses the reconciler sees.
+    let egress_stop = tokio_util::sync::CancellationToken::new();
+    let egress = crate::egress::start(&cfg, status_rx.clone(), egress_stop.clone());
+    obs.health.register_task("egress", egress.0.abort_handle());
+    let _egress_health = tokio::spawn(crate::health::follow_egress(
+        Arc::clone(&obs.health),
+        egress.1.clone(),
+    ));
+    let _http = obs.serve(status_rx.clone(), egress.1.clone());
 
     let supervisor = obs.spawn_loop(
         "supervisor",
@@ -202,7 +231,10 @@ async fn daemon(cfg: Config, obs: Obs) -> ExitCode {
             cfg.clone(),
             reaper.clone(),
             status_tx.clone(),
-            shutdown_rx.clone(),
+            supervisor::Stop {
+                draining: shutdown_rx.clone(),
+                terminate: stop_tailscaled_rx,
+            },
         ),
     );
     let joiner = obs.spawn_loop(
@@ -215,13 +247,6 @@ async fn daemon(cfg: Config, obs: Obs) -> ExitCode {
         ),
     );
     // Further tasks take `status_rx.clone()` and `shutdown_rx.clone()` here.
-    let egress_stop = tokio_util::sync::CancellationToken::new();
-    let egress = crate::egress::start(&cfg, status_rx.clone(), egress_stop.clone());
-    obs.health.register_task("egress", egress.0.abort_handle());
-    let _egress_health = tokio::spawn(crate::health::follow_egress(
-        Arc::clone(&obs.health),
-        egress.1.clone(),
-    ));
     drop(status_rx);
 
     let sig = tokio::select! {
@@ -229,14 +254,17 @@ async fn daemon(cfg: Config, obs: Obs) -> ExitCode {
         _ = int.recv() => "SIGINT",
     };
     info!(signal = sig, "shutting down");
-    // tsbridge's kernel state goes first (one netlink batch), while tailscaled still runs.
+    // Supervision ends before anything is torn down: Talos signals tailscaled at the same
+    // moment, and its exit from now on is part of the stop, never a reason to restart it.
+    let _ = shutdown_tx.send(true);
+    // tsbridge's kernel state goes next (one netlink batch), while tailscaled may still run.
     egress_stop.cancel();
     let _ = tokio::time::timeout(
         std::time::Duration::from_secs(1),
         crate::egress::stopped(egress),
     )
     .await;
-    let _ = shutdown_tx.send(true);
+    let _ = stop_tailscaled_tx.send(true);
     // Talos sends SIGKILL 10 s after SIGTERM: tailscaled gets 8 s, everything is done
     // before 10 s.
     let deadline = std::time::Duration::from_millis(9500);

@@ -9,9 +9,12 @@
 //!
 //! Which endpoints are served (`TS_ENABLE_HEALTH_CHECK`, `TS_ENABLE_METRICS`) and where
 //! (`TSBRIDGE_LISTEN`, `TS_LOCAL_ADDR_PORT`) is decided by [`Settings::from_switches`];
-//! the README documents it.
+//! the README documents it. Where the socket is bound follows the node's addresses
+//! ([`target`], [`spawn`]): `lab:PORT` moves with the node's lab-subnet address, and a bind
+//! that failed is tried again when the addresses change, both driven by the egress
+//! reconciler's netlink address events (no timer).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +24,10 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
+use crate::config::Listen;
 use crate::health::{self, Health};
 use crate::metrics::Metrics;
+use crate::net::Cidr;
 use crate::status::TailscaleStatus;
 
 /// Which endpoints exist.
@@ -34,9 +39,11 @@ pub struct Endpoints {
 }
 
 /// Where to listen and what to serve.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
-    pub addr: SocketAddr,
+    pub listen: Listen,
+    /// `TSBRIDGE_LAB_SUBNETS`, for [`Listen::Lab`].
+    pub lab_subnets: Vec<Cidr>,
     pub endpoints: Endpoints,
 }
 
@@ -50,7 +57,8 @@ impl Settings {
     ///   unless told otherwise;
     /// - both switched off: no listener, as with containerboot.
     pub fn from_switches(
-        listen: Option<SocketAddr>,
+        listen: Option<Listen>,
+        lab_subnets: &[Cidr],
         enable_health_check: Option<bool>,
         enable_metrics: Option<bool>,
     ) -> Option<Settings> {
@@ -59,11 +67,23 @@ impl Settings {
             metrics: enable_metrics.unwrap_or(true),
         };
         match listen {
-            Some(addr) if endpoints.health || endpoints.metrics => {
-                Some(Settings { addr, endpoints })
-            }
+            Some(listen) if endpoints.health || endpoints.metrics => Some(Settings {
+                listen,
+                lab_subnets: lab_subnets.to_vec(),
+                endpoints,
+            }),
             _ => None,
         }
+    }
+}
+
+/// Where the socket belongs given the node's addresses; `None`: nowhere yet (`lab:PORT`
+/// while the node has no address in the lab subnets).
+pub fn target(listen: Listen, lab_subnets: &[Cidr], addrs: &[IpAddr]) -> Option<SocketAddr> {
+    match listen {
+        Listen::Addr(a) => Some(a),
+        Listen::Lab(port) => crate::egress::guard::lab_address(addrs, lab_subnets)
+            .map(|ip| SocketAddr::new(ip, port)),
     }
 }
 
@@ -110,37 +130,89 @@ pub async fn start(
     Ok((local, tokio::spawn(serve(listener, shared, limits))))
 }
 
-/// Starts the listener when `settings` asks for one; logs where it listens, or why it
-/// cannot (the daemon goes on without it: health is not worth a crash loop).
-pub async fn spawn(settings: Option<Settings>, shared: Arc<Shared>) -> Option<JoinHandle<()>> {
+/// Runs the listener when `settings` asks for one, as a task that binds where [`target`]
+/// says and re-binds whenever `addrs` (the egress reconciler's view of the node) moves the
+/// target or a failed bind might now work. Logs where it listens, or why it cannot (the
+/// daemon goes on without it: health is not worth a crash loop).
+pub fn spawn(
+    settings: Option<Settings>,
+    shared: Arc<Shared>,
+    addrs: watch::Receiver<crate::egress::EgressHealth>,
+) -> Option<JoinHandle<()>> {
     let Some(settings) = settings else {
         info!("health and metrics listener off");
         return None;
     };
-    match start(settings.addr, shared, Limits::default()).await {
-        Ok((addr, task)) => {
-            info!(
-                %addr,
-                healthz = settings.endpoints.health,
-                metrics = settings.endpoints.metrics,
-                "health and metrics listener up"
-            );
-            Some(task)
+    let alive = shared.health.register_loop("http");
+    Some(tokio::spawn(async move {
+        let _alive = alive;
+        follow(settings, shared, addrs, Limits::default()).await
+    }))
+}
+
+/// The binding loop behind [`spawn`].
+async fn follow(
+    settings: Settings,
+    shared: Arc<Shared>,
+    mut addrs: watch::Receiver<crate::egress::EgressHealth>,
+    limits: Limits,
+) {
+    let mut bound: Option<(SocketAddr, JoinHandle<()>)> = None;
+    let mut failed: Option<SocketAddr> = None;
+    let mut waiting = false;
+    loop {
+        let want = {
+            let h = addrs.borrow_and_update();
+            target(settings.listen, &settings.lab_subnets, &h.node_addrs)
+        };
+        if bound.as_ref().map(|b| b.0) != want {
+            if let Some((old, task)) = bound.take() {
+                task.abort();
+                info!(addr = %old, "health and metrics listener closed");
+            }
+            if let Some(addr) = want {
+                match start(addr, Arc::clone(&shared), limits).await {
+                    Ok((local, task)) => {
+                        info!(
+                            addr = %local,
+                            listen = %settings.listen,
+                            healthz = settings.endpoints.health,
+                            metrics = settings.endpoints.metrics,
+                            "health and metrics listener up"
+                        );
+                        bound = Some((addr, task));
+                        failed = None;
+                    }
+                    Err(e) => {
+                        if failed != Some(addr) {
+                            error!(
+                                %addr,
+                                error = %e,
+                                "cannot listen for health and metrics (tried again when the node's addresses change); set TSBRIDGE_LISTEN to a free ADDRESS:PORT, lab:PORT, or `off`"
+                            );
+                        }
+                        failed = Some(addr);
+                    }
+                }
+            }
         }
-        Err(e) => {
-            error!(
-                addr = %settings.addr,
-                error = %e,
-                "cannot listen for health and metrics; set TSBRIDGE_LISTEN to a free ADDRESS:PORT, or `off`"
+        if want.is_none() && !waiting {
+            warn!(
+                listen = %settings.listen,
+                "no address in TSBRIDGE_LAB_SUBNETS on this node yet: health and metrics listener waits for one"
             );
-            None
+        }
+        waiting = want.is_none();
+        if addrs.changed().await.is_err() {
+            // The reconciler is gone (shutdown, or a degraded start without one): keep
+            // what is bound.
+            std::future::pending::<()>().await;
         }
     }
 }
 
 /// The accept loop; runs until the task is dropped.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, limits: Limits) {
-    let _alive = shared.health.register_loop("http");
     let slots = Arc::new(Semaphore::new(limits.max_conns));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -364,6 +436,7 @@ mod tests {
         shared: Arc<Shared>,
         status_tx: watch::Sender<TailscaleStatus>,
         task: JoinHandle<()>,
+        _alive: crate::health::LoopGuard,
     }
 
     impl Drop for Server {
@@ -383,11 +456,13 @@ mod tests {
         let (addr, task) = start("127.0.0.1:0".parse().unwrap(), Arc::clone(&shared), limits)
             .await
             .unwrap();
+        let _alive = shared.health.register_loop("http");
         Server {
             addr,
             shared,
             status_tx,
             task,
+            _alive,
         }
     }
 
@@ -665,9 +740,9 @@ mod tests {
 
     #[test]
     fn settings_combine_address_and_switches() {
-        let a: SocketAddr = "127.0.0.1:9002".parse().unwrap();
-        let s = Settings::from_switches(Some(a), None, None).unwrap();
-        assert_eq!(s.addr, a);
+        let a = Listen::Addr("127.0.0.1:9002".parse().unwrap());
+        let s = Settings::from_switches(Some(a), &[], None, None).unwrap();
+        assert_eq!(s.listen, a);
         assert_eq!(
             s.endpoints,
             Endpoints {
@@ -675,13 +750,142 @@ mod tests {
                 metrics: true
             }
         );
-        let s = Settings::from_switches(Some(a), Some(false), Some(true)).unwrap();
+        let s = Settings::from_switches(Some(a), &[], Some(false), Some(true)).unwrap();
         assert!(!s.endpoints.health && s.endpoints.metrics);
         assert_eq!(
-            Settings::from_switches(Some(a), Some(false), Some(false)),
+            Settings::from_switches(Some(a), &[], Some(false), Some(false)),
             None
         );
-        assert_eq!(Settings::from_switches(None, Some(true), Some(true)), None);
+        assert_eq!(
+            Settings::from_switches(None, &[], Some(true), Some(true)),
+            None
+        );
+    }
+
+    #[test]
+    fn lab_target_is_the_nodes_lab_address() {
+        let lab: Vec<Cidr> = vec![
+            "192.168.10.0/24".parse().unwrap(),
+            "fd00:10::/64".parse().unwrap(),
+        ];
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let addrs = [
+            ip("127.0.0.1"),
+            ip("100.64.0.3"),
+            ip("192.168.10.7"),
+            ip("10.244.1.1"),
+        ];
+        assert_eq!(
+            target(Listen::Lab(9002), &lab, &addrs),
+            Some("192.168.10.7:9002".parse().unwrap())
+        );
+        assert_eq!(
+            target(
+                Listen::Lab(9002),
+                &lab,
+                &[ip("fd00:10::5"), ip("192.168.10.7")]
+            ),
+            Some("[fd00:10::5]:9002".parse().unwrap()),
+            "the kernel's order, as the node identity"
+        );
+        assert_eq!(target(Listen::Lab(9002), &lab, &addrs[..2]), None);
+        let fixed = Listen::Addr("127.0.0.1:9100".parse().unwrap());
+        assert_eq!(
+            target(fixed, &lab, &[]),
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+    }
+
+    fn node_with(addrs: &[&str]) -> crate::egress::EgressHealth {
+        crate::egress::EgressHealth {
+            node_addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            ..Default::default()
+        }
+    }
+
+    async fn answers(addr: SocketAddr) -> bool {
+        match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
+            Ok(Ok(mut s)) => {
+                s.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").await.unwrap();
+                let mut out = Vec::new();
+                let _ = s.read_to_end(&mut out).await;
+                out.starts_with(b"HTTP/1.1 200 ")
+            }
+            _ => false,
+        }
+    }
+
+    /// Waits (on notifications, with a bound) until `addr` answers or stops answering.
+    async fn until_answers(addr: SocketAddr, want: bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while answers(addr).await != want {
+            assert!(Instant::now() < deadline, "{addr} answers: not {want}");
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn shared() -> Arc<Shared> {
+        let (_tx, status) = watch::channel(TailscaleStatus::default());
+        Arc::new(Shared {
+            metrics: Box::leak(Box::new(Metrics::new())),
+            health: Arc::new(Health::new()),
+            status,
+            endpoints: ALL,
+        })
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[tokio::test]
+    async fn lab_listener_follows_the_lab_address() {
+        let port = free_port();
+        let settings = Settings {
+            listen: Listen::Lab(port),
+            lab_subnets: vec!["127.0.0.2/31".parse().unwrap()],
+            endpoints: ALL,
+        };
+        let (tx, rx) = watch::channel(node_with(&["127.0.0.1"]));
+        let task = tokio::spawn(follow(settings, shared(), rx, Limits::default()));
+        let at = |last: u8| SocketAddr::from(([127, 0, 0, last], port));
+        tokio::task::yield_now().await;
+        assert!(!answers(at(2)).await, "no lab address yet: no listener");
+        tx.send_replace(node_with(&["127.0.0.1", "127.0.0.2"]));
+        until_answers(at(2), true).await;
+        assert!(!answers(at(1)).await, "only the lab address is bound");
+        // The address changes: the listener moves.
+        tx.send_replace(node_with(&["127.0.0.1", "127.0.0.3"]));
+        until_answers(at(3), true).await;
+        until_answers(at(2), false).await;
+        // It goes away: nothing listens.
+        tx.send_replace(node_with(&["127.0.0.1"]));
+        until_answers(at(3), false).await;
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_failed_bind_is_tried_again_when_the_addresses_change() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let settings = Settings {
+            listen: Listen::Addr(addr),
+            lab_subnets: vec![],
+            endpoints: ALL,
+        };
+        let (tx, rx) = watch::channel(node_with(&[]));
+        let task = tokio::spawn(follow(settings, shared(), rx, Limits::default()));
+        tokio::task::yield_now().await;
+        drop(taken);
+        assert!(!answers(addr).await, "bound although the port was taken");
+        tx.send_replace(node_with(&["127.0.0.1"]));
+        until_answers(addr, true).await;
+        task.abort();
     }
 
     #[test]

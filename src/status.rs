@@ -38,6 +38,27 @@ pub struct TailscaleStatus {
     /// What keeps the node off the tailnet, in one line naming the cause (no key, key
     /// rejected or expired, machine not authorized, tailscaled exited); `None` when fine.
     pub problem: Option<String>,
+    /// tailscaled could not open its state store and runs on in-memory state (see
+    /// [`state_store_problem`]); `None` when it did not say so.
+    pub state_store: Option<String>,
+}
+
+/// The code of tailscaled's health warning for a state store it could not open
+/// (`ipn.StateStoreHealth`, tailscale v1.102.3 `ipn/store.go`). tailscaled then runs on an
+/// in-memory store, stays in NoState and refuses logins.
+pub const STATE_STORE_WARNING: &str = "state-store-health";
+
+/// One line for a state store tailscaled could not open, from its warning text (which ends
+/// in `Error: <the cause>`): the directory, the cause, the consequence, the fix.
+pub fn state_store_problem(warning_text: &str, state_dir: &std::path::Path) -> String {
+    let cause = warning_text
+        .rsplit_once("Error: ")
+        .map_or(warning_text, |(_, c)| c)
+        .trim();
+    format!(
+        "tailscaled cannot write its state directory {} ({cause}) and runs on in-memory state: it cannot join, and a node on in-memory state loses its identity at the next restart; make TS_STATE_DIR writable (not read-only, not full)",
+        state_dir.display()
+    )
 }
 
 impl BackendState {
@@ -103,6 +124,17 @@ impl std::fmt::Display for BackendState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_store_problem_names_directory_and_cause() {
+        let text = "State store failed to initialize, Tailscale will not work until this is resolved. See https://tailscale.com/s/state-store-init-error. Error: open /var/lib/tailscale/tailscaled.state.tmp: read-only file system";
+        let p = state_store_problem(text, std::path::Path::new("/var/lib/tailscale"));
+        assert!(p.starts_with("tailscaled cannot write its state directory /var/lib/tailscale (open /var/lib/tailscale/tailscaled.state.tmp: read-only file system)"), "{p}");
+        assert!(p.contains("in-memory") && p.contains("TS_STATE_DIR"), "{p}");
+        // Another wording: the whole text is the cause.
+        let p = state_store_problem("disk full", std::path::Path::new("/s"));
+        assert!(p.contains("/s (disk full)"), "{p}");
+    }
 
     #[test]
     fn state_numbers_and_names_agree() {

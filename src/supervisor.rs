@@ -72,17 +72,31 @@ pub fn strip_go_timestamp(line: &str) -> &str {
 /// How long tailscaled gets between SIGTERM and SIGKILL (Talos kills everything at 10 s).
 pub const TAILSCALED_GRACE: Duration = Duration::from_secs(8);
 
-/// Runs tailscaled until shutdown: start, forward its output, restart it with backoff
-/// when it exits, and on shutdown SIGTERM it (SIGKILL after 8 s).
+/// After tailscaled exits as a process does when asked to stop (status 0, or SIGTERM), how
+/// long to wait for tsbridge's own stop before taking the exit for a crash: Talos stops the
+/// service by signalling every process of its container at once, so tailscaled's exit can
+/// reach tsbridge before its own SIGTERM does.
+pub const STOP_SETTLE: Duration = Duration::from_secs(2);
+
+/// A stop in two steps, as `tsbridge run` takes them: `draining` first (supervision is
+/// over: tailscaled is never restarted again), then `terminate` once tsbridge's own kernel
+/// state is removed (tailscaled gets SIGTERM, SIGKILL after [`TAILSCALED_GRACE`]).
+pub struct Stop {
+    pub draining: watch::Receiver<bool>,
+    pub terminate: watch::Receiver<bool>,
+}
+
+/// Runs tailscaled until the stop: start, forward its output, restart it with backoff
+/// when it exits (unless the service is stopping), and stop it when told.
 pub async fn supervise_tailscaled(
     cfg: Arc<Config>,
     reaper: Reaper,
     status: Arc<watch::Sender<TailscaleStatus>>,
-    mut shutdown: watch::Receiver<bool>,
+    mut stop: Stop,
 ) {
     let mut backoff = Backoff::default();
     loop {
-        if *shutdown.borrow() {
+        if *stop.draining.borrow() {
             return;
         }
         stop_stale_tailscaled(&cfg).await;
@@ -96,36 +110,35 @@ pub async fn supervise_tailscaled(
                 });
                 info!(pid = child.pid, binary = %cfg.tailscaled.display(), "tailscaled started");
                 crate::metrics::global().tailscaled_started();
-                tokio::select! {
-                    exit = &mut child.exit => {
-                        let ran = started.elapsed();
-                        if let Ok(e) = &exit {
-                            crate::metrics::global().tailscaled_exited(match *e {
-                                Exit::Code(c) => crate::metrics::ChildExit::Code(c),
-                                Exit::Signal(s) => crate::metrics::ChildExit::Signal(s),
-                            });
-                        }
-                        let why = match exit {
-                            Ok(e) => e.to_string(),
-                            Err(_) => "exit status lost".to_owned(),
-                        };
-                        error!(pid = child.pid, exit = %why, ran_s = ran.as_secs(), "tailscaled exited; restarting it");
-                        status.send_modify(|s| {
-                            s.backend = BackendState::Down;
-                            s.problem = Some(format!("tailscaled exited ({why}); restarting"));
-                        });
-                        ran
-                    }
-                    _ = until_shutdown(&mut shutdown) => {
-                        info!(pid = child.pid, "stopping tailscaled");
-                        match terminate(child.pid, &mut child.exit, TAILSCALED_GRACE).await {
-                            Some(e) => info!(exit = %e, "tailscaled stopped"),
-                            None => error!(pid = child.pid, "tailscaled did not exit after SIGKILL"),
-                        }
+                let exit = tokio::select! {
+                    exit = &mut child.exit => exit.ok(),
+                    _ = until_shutdown(&mut stop.draining) => {
+                        stop_tailscaled(&mut child, &mut stop.terminate).await;
                         status.send_modify(|s| s.backend = BackendState::Down);
                         return;
                     }
+                };
+                let ran = started.elapsed();
+                if let Some(e) = exit {
+                    crate::metrics::global().tailscaled_exited(e);
                 }
+                let why = exit.map_or_else(|| "exit status lost".to_owned(), |e| e.to_string());
+                status.send_modify(|s| s.backend = BackendState::Down);
+                if exit.is_some_and(Exit::is_clean_stop) {
+                    let stopping = tokio::select! {
+                        _ = until_shutdown(&mut stop.draining) => true,
+                        _ = tokio::time::sleep(STOP_SETTLE) => false,
+                    };
+                    if stopping {
+                        info!(pid = child.pid, exit = %why, "tailscaled exited as the service stops");
+                        return;
+                    }
+                }
+                error!(pid = child.pid, exit = %why, ran_s = ran.as_secs(), "tailscaled exited; restarting it");
+                status.send_modify(|s| {
+                    s.problem = Some(format!("tailscaled exited ({why}); restarting"));
+                });
+                ran
             }
             Err(e) => {
                 error!(binary = %cfg.tailscaled.display(), error = %e, "cannot start tailscaled; check TSBRIDGE_TAILSCALED and TS_STATE_DIR");
@@ -143,7 +156,25 @@ pub async fn supervise_tailscaled(
         );
         tokio::select! {
             _ = tokio::time::sleep(delay) => crate::metrics::global().woke(crate::metrics::Wake::Timer),
-            _ = until_shutdown(&mut shutdown) => return,
+            _ = until_shutdown(&mut stop.draining) => return,
+        }
+    }
+}
+
+/// The service is stopping: tailscaled runs on until tsbridge's own state is removed
+/// (`terminate`), and an exit before that is part of the stop, not a crash.
+async fn stop_tailscaled(child: &mut Spawned, terminate_now: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        exit = &mut child.exit => match exit {
+            Ok(e) => info!(pid = child.pid, exit = %e, "tailscaled exited as the service stops"),
+            Err(_) => info!(pid = child.pid, "tailscaled exited as the service stops"),
+        },
+        _ = until_shutdown(terminate_now) => {
+            info!(pid = child.pid, "stopping tailscaled");
+            match terminate(child.pid, &mut child.exit, TAILSCALED_GRACE).await {
+                Some(e) => info!(exit = %e, "tailscaled stopped"),
+                None => error!(pid = child.pid, "tailscaled did not exit after SIGKILL"),
+            }
         }
     }
 }
@@ -208,14 +239,14 @@ fn is_zombie(pid: Pid) -> bool {
 }
 
 fn start_tailscaled(cfg: &Config, reaper: &Reaper) -> Result<Spawned, StartError> {
-    tailscaled::prepare_dirs(cfg).map_err(|source| StartError::Dirs {
+    let logs = tailscaled::prepare_dirs(cfg).map_err(|source| StartError::Dirs {
         path: cfg.state_dir.display().to_string(),
         source,
     })?;
     let mut cmd = Command::new(&cfg.tailscaled);
     cmd.args(tailscaled::args(cfg))
         .env_clear()
-        .envs(tailscaled::child_env(cfg))
+        .envs(tailscaled::tailscaled_env(cfg, &logs))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -87,7 +87,7 @@ impl Drop for Netns {
     /// test run), so whatever runs in the namespace goes first; then the files named
     /// after it (daemon state and logs under the temp dir).
     fn drop(&mut self) {
-        remove_netns(&self.0);
+        tsbridge_lab::remove_ns(&self.0);
         if let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) {
             let prefix = format!("{}-", self.0);
             for e in rd.flatten() {
@@ -98,35 +98,6 @@ impl Drop for Netns {
             }
         }
     }
-}
-
-fn remove_netns(name: &str) {
-    for _ in 0..3 {
-        let pids: Vec<i32> = Command::new("ip")
-            .args(["netns", "pids", name])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .filter_map(|p| p.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if pids.is_empty() {
-            break;
-        }
-        for p in pids {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(p),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = Command::new("ip")
-        .args(["netns", "del", name])
-        .stderr(std::process::Stdio::null())
-        .status();
 }
 
 /// Removes namespaces `tsbeg-<pid>-...` (and temp files so named) of runs whose process
@@ -146,7 +117,7 @@ fn sweep_dead_runs() {
     {
         let name = e.file_name().to_string_lossy().into_owned();
         if dead_owner(&name) {
-            remove_netns(&name);
+            tsbridge_lab::remove_ns(&name);
         }
     }
     for e in std::fs::read_dir(std::env::temp_dir())
@@ -278,6 +249,10 @@ fn pod_connect(pod: &Netns, to: &str) -> Result<(), String> {
     })
 }
 
+fn ns_rules(ns: &Netns) -> String {
+    ns.sh("ip rule; ip -6 rule")
+}
+
 fn reconcile_in(ns: &Netns, c: EgressConfig) -> plan::Changes {
     ns.run(move || {
         let mut k = Netlink::new().expect("netlink");
@@ -290,13 +265,14 @@ fn installs_rules_and_table_idempotently_and_tears_down_only_its_own() {
     require_tools();
     let l = lab();
     let ch = reconcile_in(&l.node, cfg(true, true));
-    assert_eq!(ch.add_rules.len(), 4);
+    assert_eq!(ch.add_rules.len(), 6);
     let rules = l.node.sh("ip rule; ip -6 rule");
     for want in [
-        "5100:\tfrom all to 192.168.77.0/24 lookup main proto 116",
-        "5110:\tfrom all to 10.244.0.0/16 lookup main proto 116",
-        "5120:\tfrom all to 10.96.0.0/12 lookup main proto 116",
-        "5110:\tfrom all to fd00:10:244::/56 lookup main proto 116",
+        "5100:\tfrom all to 192.168.77.0/24 goto 5300 proto 116",
+        "5110:\tfrom all to 10.244.0.0/16 goto 5300 proto 116",
+        "5120:\tfrom all to 10.96.0.0/12 goto 5300 proto 116",
+        "5300:\tfrom all nop proto 116",
+        "5110:\tfrom all to fd00:10:244::/56 goto 5300 proto 116",
         "5270:\tfrom all lookup 52",
     ] {
         assert!(rules.contains(want), "missing {want:?} in\n{rules}");
@@ -350,7 +326,8 @@ fn installs_rules_and_table_idempotently_and_tears_down_only_its_own() {
     // A second instance (a restart) adopts: nothing to do, nothing duplicated.
     let ch = reconcile_in(&l.node, cfg(true, true));
     assert!(ch.is_empty(), "{ch:?}");
-    assert_eq!(l.node.sh("ip rule | grep -c 'proto 116'").trim(), "3");
+    assert_eq!(l.node.sh("ip rule | grep -c 'proto 116'").trim(), "4");
+    assert!(!l.node.sh("ip rule; ip -6 rule").contains("unresolved"));
     assert_eq!(
         l.node
             .sh("nft -a list table inet tsbridge | grep -c comment")
@@ -545,16 +522,22 @@ fn event_driven_repair_and_teardown_on_shutdown() {
     let t_nft_rule = time_until(Duration::from_secs(5), || has_table(&l.node));
     // Someone deletes one policy rule.
     l.node
-        .sh("ip rule del pref 5110 to 10.244.0.0/16 lookup main");
+        .sh("ip rule del pref 5110 to 10.244.0.0/16 goto 5300");
     let has_rule = |ns: &Netns| {
         ns.sh("ip rule")
-            .contains("5110:\tfrom all to 10.244.0.0/16 lookup main proto 116")
+            .contains("5110:\tfrom all to 10.244.0.0/16 goto 5300 proto 116")
     };
     let t_rule = time_until(Duration::from_secs(5), || has_rule(&l.node));
+    // Someone deletes the anchor: the guards are unresolved (skipped) until it is back.
+    l.node.sh("ip rule del pref 5300 nop");
+    let t_anchor = time_until(Duration::from_secs(5), || {
+        let r = ns_rules(&l.node);
+        r.contains("5300:\tfrom all nop proto 116") && !r.contains("unresolved")
+    });
     quiet("the repairs");
     eprintln!(
-        "repair times: nft table {:?}, nft rule {:?}, policy rule {:?}",
-        t_table, t_nft_rule, t_rule
+        "repair times: nft table {:?}, nft rule {:?}, policy rule {:?}, anchor {:?}",
+        t_table, t_nft_rule, t_rule, t_anchor
     );
     // A tailscaled restart (new generation) flushes tailscale's rules, never ours.
     status_tx.send_modify(|s| s.tailscaled_generation += 1);
@@ -563,7 +546,7 @@ fn event_driven_repair_and_teardown_on_shutdown() {
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(
         l.node.sh("ip rule | grep -c 'proto 116'").trim(),
-        "3",
+        "4",
         "no duplicates"
     );
     assert_eq!(
@@ -573,7 +556,7 @@ fn event_driven_repair_and_teardown_on_shutdown() {
         "4"
     );
     let h = health.borrow().clone();
-    assert!(h.repairs >= 4, "{h:?}");
+    assert!(h.repairs >= 5, "{h:?}");
     assert_eq!(h.tailscaled_generation, 1);
 
     stop.cancel();
@@ -695,22 +678,22 @@ fn daemon_adopts_after_kill_9_and_cleans_up_on_sigterm() {
         (rules, nft)
     };
     let mut d = start_daemon(&l.node, &[], &log_path(&l.node, 10));
-    time_until(Duration::from_secs(10), || count(&l.node) == (4, 4));
+    time_until(Duration::from_secs(10), || count(&l.node) == (6, 4));
     // kill -9: no teardown, the state stays (pods keep working while it restarts).
     d.kill().unwrap();
     d.wait().unwrap();
-    assert_eq!(count(&l.node), (4, 4));
+    assert_eq!(count(&l.node), (6, 4));
     let mut d = start_daemon(&l.node, &[], &log_path(&l.node, 11));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         count(&l.node),
-        (4, 4),
+        (6, 4),
         "a restart must adopt, not duplicate"
     );
     assert!(d.try_wait().unwrap().is_none(), "tsbridge exited");
     // It still repairs.
     l.node.sh("nft delete table inet tsbridge");
-    time_until(Duration::from_secs(5), || count(&l.node) == (4, 4));
+    time_until(Duration::from_secs(5), || count(&l.node) == (6, 4));
     // SIGTERM: ours gone, the tailscale-like rule stays.
     stop(d);
     assert_eq!(count(&l.node), (0, 0));
@@ -857,7 +840,7 @@ fn kernel_filter_keeps_what_the_plan_reads_and_drops_the_rest() {
             // What the plan reads still arrives.
             let cases = [
                 (
-                    "ip rule del pref 5110 to 10.244.0.0/16 lookup main",
+                    "ip rule del pref 5110 to 10.244.0.0/16 goto 5300",
                     Dirty::RULES,
                 ),
                 ("nft delete table inet tsbridge", Dirty::NFT),
@@ -888,10 +871,14 @@ fn kernel_filter_keeps_what_the_plan_reads_and_drops_the_rest() {
             reconcile::reconcile(&mut k, &d).unwrap();
             let got = events_within(&ev, Duration::from_millis(200)).await;
             assert!(quiet(got, Dirty::RULES | Dirty::NFT), "{got:?}");
-            let guard = plan::desired(&c).rules[1].clone();
+            let guard = plan::desired(&c)
+                .rules
+                .into_iter()
+                .find(|r| r.priority == plan::PRIO_POD)
+                .unwrap();
             k.del_rule(&guard).unwrap();
             k.add_rule(&guard).unwrap();
-            sh("ip rule del pref 5110 to 10.244.0.0/16 lookup main");
+            sh("ip rule del pref 5110 to 10.244.0.0/16 goto 5300");
             let got = events_within(&ev, Duration::from_millis(200)).await;
             assert!(
                 got.is_some_and(|g| g.any(Dirty::RULES)),
@@ -923,20 +910,252 @@ fn a_burst_of_external_deletions_is_repaired_whole() {
         let nft = ns
             .try_sh("nft list table inet tsbridge")
             .map_or(0, |t| t.matches("comment").count());
-        (rules, nft) == (4, 4)
+        (rules, nft) == (6, 4)
     };
     time_until(Duration::from_secs(5), || {
         whole(&l.node) && health.borrow().in_sync
     });
     for round in 0..20 {
-        l.node
-            .sh("ip rule del pref 5110 to 10.244.0.0/16 lookup main
+        l.node.sh("ip rule del pref 5110 to 10.244.0.0/16 goto 5300
              nft delete table inet tsbridge
-             ip rule del pref 5100 to 192.168.77.0/24 lookup main
-             ip -6 rule del pref 5110 to fd00:10:244::/56 lookup main");
+             ip rule del pref 5100 to 192.168.77.0/24 goto 5300
+             ip -6 rule del pref 5300");
         let t = time_until(Duration::from_secs(5), || whole(&l.node));
         assert!(t < Duration::from_secs(5), "round {round}");
     }
     stop.cancel();
     daemon.join().unwrap().unwrap();
+}
+
+/// The hole of `to <CIDR> lookup main` guards: when `main` has no route for a guarded
+/// destination (another node's pods on a node without a default route, a service address
+/// before kube-proxy), the kernel goes on to the next rule, and tailscale's 5270 sends the
+/// packet into tailscale0 by whatever table 52 holds (here an exit node's default route).
+/// A guarded destination must never reach table 52, whatever `main` holds.
+#[test]
+fn guarded_destinations_never_reach_table_52_whatever_main_holds() {
+    require_tools();
+    let l = lab();
+    l.node.sh("ip route del default
+         ip route add default dev tailscale0 table 52
+         ip -6 route add default dev tailscale0 table 52");
+    reconcile_in(&l.node, cfg(true, true));
+    // (destination, from the node itself or forwarded from the pod)
+    for (dst, forwarded) in [
+        ("10.244.2.5", false),
+        ("10.244.2.5", true),
+        ("10.96.0.1", false),
+        ("10.96.0.1", true),
+        ("fd00:10:244:2::5", true),
+    ] {
+        let cmd = if forwarded {
+            let src = if dst.contains(':') {
+                "fd00:10:244:1::2"
+            } else {
+                "10.244.1.2"
+            };
+            format!("ip route get {dst} from {src} iif veth-pod")
+        } else {
+            format!("ip route get {dst}")
+        };
+        let got = l.node.try_sh(&format!("{cmd} 2>&1")).unwrap_or_default();
+        assert!(
+            !got.contains("tailscale0"),
+            "`{cmd}` reached table 52: {got}"
+        );
+    }
+    // Unguarded destinations still follow tailscale's rules (the exit node).
+    let other = l.node.sh("ip route get 203.0.113.9");
+    assert!(other.contains("dev tailscale0"), "{other}");
+    // With a route in main the guarded destination takes it.
+    l.node
+        .sh("ip route add 10.244.2.0/24 via 192.168.77.1 dev lab0");
+    let got = l.node.sh("ip route get 10.244.2.5");
+    assert!(got.contains("dev lab0"), "{got}");
+}
+
+/// An upgrade: the rules an older tsbridge left (`to <CIDR> lookup main` at 5100-5120)
+/// are replaced by the new shape, and the destination is guarded at every moment.
+#[test]
+fn upgrade_replaces_lookup_main_guards_with_the_goto_shape() {
+    require_tools();
+    let l = lab();
+    l.node.sh(
+        "ip rule add pref 5100 to 192.168.77.0/24 lookup main proto 116
+         ip rule add pref 5110 to 10.244.0.0/16 lookup main proto 116
+         ip rule add pref 5120 to 10.96.0.0/12 lookup main proto 116
+         ip -6 rule add pref 5110 to fd00:10:244::/56 lookup main proto 116",
+    );
+    let ch = reconcile_in(&l.node, cfg(true, true));
+    assert_eq!((ch.add_rules.len(), ch.del_rules.len()), (6, 4), "{ch:?}");
+    let rules = ns_rules(&l.node);
+    assert!(!rules.contains("lookup main proto 116"), "{rules}");
+    assert_eq!(rules.matches("proto 116").count(), 6, "{rules}");
+    assert_eq!(rules.matches("goto 5300 proto 116").count(), 4, "{rules}");
+    assert!(!rules.contains("unresolved"), "{rules}");
+    assert!(reconcile_in(&l.node, cfg(true, true)).is_empty());
+    // The same through the daemon, which also removes everything on SIGTERM.
+    l.node.run(|| {
+        let mut k = Netlink::new().unwrap();
+        reconcile::teardown(&mut k).unwrap();
+    });
+    l.node
+        .sh("ip rule add pref 5110 to 10.244.0.0/16 lookup main proto 116");
+    let d = start_daemon(&l.node, &[], &log_path(&l.node, 20));
+    time_until(Duration::from_secs(10), || {
+        let r = ns_rules(&l.node);
+        !r.contains("lookup main proto 116") && r.matches("proto 116").count() == 6
+    });
+    stop(d);
+    assert!(!ns_rules(&l.node).contains("proto 116"));
+    let _ = std::fs::remove_file(log_path(&l.node, 20));
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-state", l.node.0)));
+}
+
+fn get_in(ns: &Netns, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    tsbridge_lab::http_get(&tsbridge_lab::Ns(ns.0.clone()), addr, path)
+}
+
+/// `TSBRIDGE_LISTEN=lab:9002`: the listener binds the node's address in the lab subnet
+/// once it exists (not before, not loopback), moves when it changes, driven by the
+/// reconciler's address notifications; its /metrics passes Prometheus's own parser and
+/// linter.
+#[test]
+fn lab_listener_binds_the_lab_address_when_it_appears_and_follows_it() {
+    require_tools();
+    let tools = tsbridge_lab::Tools::find(env!("CARGO_BIN_EXE_tsbridge")).expect("lab tools");
+    let l = lab();
+    l.node.sh("ip addr flush dev lab0");
+    let log = log_path(&l.node, 30);
+    let d = start_daemon(&l.node, &[("TSBRIDGE_LISTEN", "lab:9002")], &log);
+    let wait_log = |needle: &str| {
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains(needle) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no {needle:?} in:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_log("health and metrics listener waits for one");
+
+    let first: SocketAddr = "192.168.77.10:9002".parse().unwrap();
+    let second: SocketAddr = "192.168.77.20:9002".parse().unwrap();
+    assert!(get_in(&l.node, first, "/healthz").is_none());
+    // The address appears: the listener comes up there, and only there.
+    l.node.sh("ip addr add 192.168.77.10/24 dev lab0");
+    let took = time_until(Duration::from_secs(5), || {
+        get_in(&l.node, first, "/healthz").is_some_and(|(c, _)| c == 200)
+    });
+    eprintln!("listener up {took:?} after the lab address appeared");
+    assert!(
+        get_in(&l.node, "127.0.0.1:9002".parse().unwrap(), "/healthz").is_none(),
+        "loopback is not served in lab mode"
+    );
+    // Prometheus's parser and linter accept what a scraper gets.
+    let (code, metrics) = get_in(&l.node, first, "/metrics").expect("/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("tsbridge_reconciliations_total"),
+        "{metrics}"
+    );
+    tools
+        .check_metrics(&metrics)
+        .unwrap_or_else(|e| panic!("{e}\n{metrics}"));
+    // The address changes: the listener follows it.
+    l.node.sh("ip addr del 192.168.77.10/24 dev lab0
+         ip addr add 192.168.77.20/24 dev lab0");
+    let moved = Instant::now();
+    while get_in(&l.node, second, "/healthz").is_none_or(|(c, _)| c != 200) {
+        assert!(
+            moved.elapsed() < Duration::from_secs(5),
+            "the listener did not move to {second}:\n{}\n{}",
+            l.node.sh("ip -4 addr"),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(get_in(&l.node, first, "/healthz").is_none());
+    stop(d);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        text.matches("health and metrics listener up").count(),
+        2,
+        "{text}"
+    );
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-state", l.node.0)));
+}
+
+/// A node without pods yet (a fresh control plane): the pod path is "no pods yet,
+/// unverified", after asking the kernel about a pod-CIDR source arriving on `lo`. A CNI
+/// that routes pods outside `TSBRIDGE_POD_CIDRS` (Cilium's default 10.0.0.0/8 pool, an
+/// IPv6 pod network left out) is named, with the variable to set, in the verdict and in
+/// the daemon's log.
+#[test]
+fn pod_path_without_pods_is_unverified_and_unknown_pod_routes_are_named() {
+    require_tools();
+    let l = lab();
+    l.node.sh("ip addr flush dev veth-pod");
+    reconcile_in(&l.node, cfg(true, true));
+    let c = cfg(true, true);
+    let v = l
+        .node
+        .run(move || guard::pod_path(&mut Netlink::new().unwrap(), &c));
+    assert!(
+        matches!(&v, guard::PodPath::NoPods(m) if m.contains("10.244.0.1->100.100.100.100") && m.contains("fd00:10:244::1->fd7a:115c:a1e0::53")),
+        "{v:?}"
+    );
+    // Without the MagicDNS route even the lo probe fails: not ready, pods or not.
+    l.node
+        .sh("ip route del 100.100.100.100/32 dev tailscale0 table 52");
+    let c = cfg(true, true);
+    let v = l
+        .node
+        .run(move || guard::pod_path(&mut Netlink::new().unwrap(), &c));
+    assert!(matches!(&v, guard::PodPath::Problem(_)), "{v:?}");
+    l.node
+        .sh("ip route add 100.100.100.100/32 dev tailscale0 table 52");
+    // Cilium-style: pods of the 10.0.0.0/8 pool behind cilium_host.
+    l.node
+        .sh("ip link add cilium_host type veth peer name cilium_net
+         ip link set cilium_host up
+         ip addr add 10.0.1.1/32 dev cilium_host
+         ip route add 10.0.1.0/24 via 10.0.1.1 dev cilium_host");
+    let c = cfg(true, true);
+    let v = l
+        .node
+        .run(move || guard::pod_path(&mut Netlink::new().unwrap(), &c));
+    assert!(
+        matches!(&v, guard::PodPath::Unconfigured(m) if m.contains("10.0.1.0/24 dev cilium_host") && m.contains("TSBRIDGE_POD_CIDRS")),
+        "{v:?}"
+    );
+    let log = log_path(&l.node, 40);
+    let d = start_daemon(&l.node, &[], &log);
+    time_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| {
+            t.contains("pod path to the tailnet broken")
+                && t.contains("10.0.1.0/24 dev cilium_host")
+                && t.contains("add the cluster's pod subnets")
+        })
+    });
+    stop(d);
+    // Configured, the same routes are pods like any other.
+    let mut c = cfg(true, true);
+    c.pod_cidrs.push("10.0.0.0/8".parse().unwrap());
+    reconcile_in(&l.node, c.clone());
+    let v = l
+        .node
+        .run(move || guard::pod_path(&mut Netlink::new().unwrap(), &c));
+    assert!(
+        matches!(&v, guard::PodPath::Ok { via } if via.contains("10.0.1.2->100.100.100.100")),
+        "{v:?}"
+    );
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-state", l.node.0)));
 }

@@ -234,6 +234,18 @@ impl World {
         self.lab.pids_named(&self.node.ns, "tailscaled")
     }
 
+    /// The pod echoes through `svc` at the peer's `to` (retrying while the tailnet settles);
+    /// the source address the peer saw. Panics with tsbridge's last log lines.
+    fn pod_echo_seen(&self, svc: &Service, to: IpAddr, limit: Duration, ts: &Proc) -> IpAddr {
+        pod_echo_until(&self.pod.ns, to, limit).unwrap_or_else(|e| {
+            panic!(
+                "pod -> peer {to}: {e}\n{}",
+                tsbridge_lab::tail(&self.lab.log(ts), 30)
+            )
+        });
+        svc.last_source().expect("the peer saw the connection")
+    }
+
     fn node_tailnet_v4(&self) -> Ipv4Addr {
         self.lab
             .wait_running(&self.node, Duration::from_secs(5))
@@ -298,9 +310,9 @@ impl Drop for Monitor {
     }
 }
 
-/// 4 policy rules (lab subnet, two pod CIDRs, service CIDR) and 4 nft rules (two
-/// masquerades, two clamps).
-const OWNED: (usize, usize) = (4, 4);
+/// 6 policy rules (guards for the lab subnet, two pod CIDRs and the service CIDR, an
+/// anchor per family) and 4 nft rules (two masquerades, two clamps).
+const OWNED: (usize, usize) = (6, 4);
 
 /// Tests 1-4: by address (v4, v6), bulk both ways with the MSS clamp, by MagicDNS name.
 #[test]
@@ -322,15 +334,8 @@ fn pod_reaches_peer_by_address_and_by_name() {
     let node_v4 = w.node_tailnet_v4();
 
     // 1. By 100.x address; the peer sees the node's tailnet address.
-    pod_echo_until(&w.pod.ns, IpAddr::V4(w.peer.ip4), Duration::from_secs(20)).unwrap_or_else(
-        |e| {
-            panic!(
-                "pod -> peer v4: {e}\n{}",
-                tsbridge_lab::tail(&w.lab.log(&ts), 30)
-            )
-        },
-    );
-    assert_eq!(svc.last_source(), Some(IpAddr::V4(node_v4)));
+    let seen = w.pod_echo_seen(&svc, IpAddr::V4(w.peer.ip4), Duration::from_secs(20), &ts);
+    assert_eq!(seen, IpAddr::V4(node_v4));
     eprintln!(
         "pod {} -> peer {}:{PORT}: ok; the peer saw the node's tailnet address {node_v4}",
         w.pod.addr_v4, w.peer.ip4
@@ -338,9 +343,7 @@ fn pod_reaches_peer_by_address_and_by_name() {
 
     // 2. By fd7a:115c:a1e0:: address from the pod's IPv6 address.
     let peer_v6 = w.peer.ip6.expect("the peer has an IPv6 tailnet address");
-    pod_echo_until(&w.pod.ns, IpAddr::V6(peer_v6), Duration::from_secs(10))
-        .expect("pod -> peer v6");
-    let src6 = svc.last_source().unwrap();
+    let src6 = w.pod_echo_seen(&svc, IpAddr::V6(peer_v6), Duration::from_secs(10), &ts);
     assert!(
         matches!(src6, IpAddr::V6(a) if a.segments()[..3] == [0xfd7a, 0x115c, 0xa1e0]),
         "the peer saw {src6}, not the node's tailnet IPv6 address"
@@ -411,7 +414,7 @@ fn repairs_deletions_and_survives_a_tailscaled_crash() {
     ))
     .expect("delete nft rule");
     let t_nft_rule = w.wait_owned(OWNED, &ts);
-    w.node_sh("ip rule del pref 5110 to 10.244.0.0/16 lookup main")
+    w.node_sh("ip rule del pref 5110 to 10.244.0.0/16 goto 5300")
         .expect("delete rule");
     let t_rule = w.wait_owned(OWNED, &ts);
     eprintln!(
@@ -489,13 +492,15 @@ fn accepted_route_over_the_lab_subnet_does_not_capture_it() {
         .ping(&w.node.ns, IpAddr::V4(w.control.host.lan_addr), 1)
         .expect("node reaches the lab");
     // Without the guard it would be captured: tailscale's `from all lookup 52` comes
-    // before main, and table 52 holds the lab route (checked above).
+    // before main, and table 52 holds the lab route (checked above); the guard jumps
+    // over it.
     let rules = w.node_sh("ip rule").unwrap();
     assert!(rules.contains("5270:\tfrom all lookup 52"), "{rules}");
     assert!(
-        rules.contains("5100:\tfrom all to 192.168.77.0/24 lookup main proto 116"),
+        rules.contains("5100:\tfrom all to 192.168.77.0/24 goto 5300 proto 116"),
         "{rules}"
     );
+    assert!(rules.contains("5300:\tfrom all nop proto 116"), "{rules}");
 }
 
 fn approve(w: &World, hostname: &str, routes: &str) {
@@ -619,7 +624,7 @@ fn sigterm_cleans_up_and_a_killed_instance_is_adopted() {
         tsbridge_lab::tail(&log, 20)
     );
     assert!(
-        log.contains("rules_removed=4"),
+        log.contains("rules_removed=6"),
         "{}",
         tsbridge_lab::tail(&log, 20)
     );
@@ -636,7 +641,7 @@ fn without_snat_the_pod_cannot_reach_the_peer() {
     let w = world();
     let svc = Service::start(&w.peer.host.ns);
     let ts = w.start(&w.env(&[("TSBRIDGE_SNAT", "false")]));
-    w.wait_owned((4, 2), &ts);
+    w.wait_owned((6, 2), &ts);
     // The node itself reaches the peer: the tailnet works, only the pod path lacks SNAT.
     w.lab
         .ping_until(&w.node.ns, IpAddr::V4(w.peer.ip4), Duration::from_secs(20))
@@ -682,4 +687,299 @@ fn inbound_subnet_route_to_the_pod_still_works() {
         )
     });
     assert!(svc_pod.last_source().is_some());
+}
+
+/// From `ns`: uploads `marker` to the service at `to` and waits for its acknowledgement.
+fn send_marker(ns: &Ns, to: SocketAddr, marker: &'static [u8]) -> Result<(), String> {
+    in_ns(ns, move || {
+        let mut s = connect(to)?;
+        s.write_all(b"u").map_err(|e| e.to_string())?;
+        s.write_all(&(marker.len() as u64).to_be_bytes())
+            .map_err(|e| e.to_string())?;
+        s.write_all(marker).map_err(|e| e.to_string())?;
+        let mut k = [0u8; 1];
+        s.read_exact(&mut k).map_err(|e| format!("ack: {e}"))
+    })
+}
+
+/// Test 12 (issue 11): next to KubeSpan (Talos's WireGuard mesh, reproduced with real
+/// userspace WireGuard, see tsbridge_lab::kubespan), node-to-node and pod-to-remote-pod
+/// traffic goes through the WireGuard link, also with a tailnet route over the lab subnet
+/// and the pod CIDR in table 52, and pods still reach the tailnet peer by address and
+/// name. Before that, the guards an older tsbridge left (`to <CIDR> lookup main`) are shown
+/// to send the same traffic around WireGuard in plaintext, and are replaced.
+#[test]
+fn kubespan_traffic_stays_in_wireguard_and_pods_still_reach_the_tailnet() {
+    const OLD_MARKER: &[u8] = b"tsbridge-kubespan-marker-old-guards-plaintext";
+    const NODE_MARKER: &[u8] = b"tsbridge-kubespan-marker-node-to-node";
+    const POD_MARKER: &[u8] = b"tsbridge-kubespan-marker-pod-to-remote-pod";
+    let w = world();
+    let node2 = w.lab.host("node2").expect("node2");
+    let pod2 = w.lab.pod(&node2).expect("pod on node2");
+    let ks = w
+        .lab
+        .kubespan(&[
+            tsbridge_lab::kubespan::Member {
+                host: &w.node,
+                pod_cidrs: vec![w.pod.cidr_v4.clone()],
+            },
+            tsbridge_lab::kubespan::Member {
+                host: &node2,
+                pod_cidrs: vec![pod2.cidr_v4.clone()],
+            },
+        ])
+        .expect("KubeSpan between node1 and node2");
+    // The CNI's routes to the other node's pods (host-gw style, in `main`).
+    w.node_sh(&format!(
+        "ip route add {} via {}",
+        pod2.cidr_v4, node2.lan_addr
+    ))
+    .expect("route to pod2");
+    w.lab
+        .exec_ok(
+            &node2.ns,
+            &[
+                "ip",
+                "route",
+                "add",
+                &w.pod.cidr_v4,
+                "via",
+                &w.node.lan_addr.to_string(),
+            ],
+        )
+        .expect("route to pod1");
+    let svc_node2 = Service::start(&node2.ns);
+    let svc_pod2 = Service::start(&pod2.ns);
+    let node2_svc = SocketAddr::new(IpAddr::V4(node2.lan_addr), PORT);
+    let pod2_svc = SocketAddr::new(IpAddr::V4(pod2.addr_v4), PORT);
+
+    // What an older tsbridge left: `lookup main` guards, which take the lab and pod
+    // destinations to `main` before KubeSpan's rule 32500 is reached.
+    w.node_sh(
+        "ip rule add pref 5100 to 192.168.77.0/24 lookup main proto 116
+         ip rule add pref 5110 to 10.244.0.0/16 lookup main proto 116",
+    )
+    .expect("old guards");
+    let cap = w
+        .lab
+        .capture(&w.node.ns, "lan0", "lan0-old")
+        .expect("capture");
+    send_marker(&w.node.ns, node2_svc, OLD_MARKER).expect("node1 -> node2 with old guards");
+    let seen = w.lab.stop_capture(cap).expect("capture");
+    assert!(
+        seen.contains(OLD_MARKER),
+        "with `lookup main` guards the payload crosses the lab link in plaintext (else this capture proves nothing)"
+    );
+
+    // A tailnet route over the lab subnet and the pod CIDR, accepted by node1.
+    w.lab
+        .tailscale(
+            &w.peer.host,
+            &[
+                "set",
+                &format!(
+                    "--advertise-routes={},{}",
+                    tsbridge_lab::LAN_CIDR,
+                    tsbridge_lab::POD_CIDR_V4
+                ),
+            ],
+        )
+        .map(|o| assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr)))
+        .unwrap();
+    approve(
+        &w,
+        "peer",
+        &format!("{},{}", tsbridge_lab::LAN_CIDR, tsbridge_lab::POD_CIDR_V4),
+    );
+    let svc_peer = Service::start(&w.peer.host.ns);
+    let ts = w.start(&w.env(&[(
+        "TS_EXTRA_ARGS",
+        &format!("--login-server={} --accept-routes=true", w.control.url),
+    )]));
+    w.wait_owned(OWNED, &ts);
+    let rules = w.node_sh("ip rule").unwrap();
+    assert!(
+        !rules.contains("lookup main proto 116"),
+        "old guards left: {rules}"
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the accepted routes in table 52",
+        || {
+            Ok(w.node_sh("ip route show table 52").filter(|t| {
+                t.contains(tsbridge_lab::LAN_CIDR) && t.contains(tsbridge_lab::POD_CIDR_V4)
+            }))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}", w.node_sh("ip route show table 52")));
+
+    // The kernel's view: unmarked lab traffic leaves by the lab link with the lab source,
+    // KubeSpan-marked traffic by the WireGuard link; neither by tailscale0.
+    let plain = w
+        .node_sh(&format!("ip route get {}", node2.lan_addr))
+        .unwrap();
+    assert!(
+        plain.contains("dev lan0") && plain.contains("src 192.168.77."),
+        "{plain}"
+    );
+    let marked = w
+        .node_sh(&format!("ip route get {} mark 0x40", pod2.addr_v4))
+        .unwrap();
+    assert!(marked.contains("dev kubespan table 180"), "{marked}");
+
+    let before = ks.transfer(&w.node).expect("wg transfer");
+    let cap = w
+        .lab
+        .capture(&w.node.ns, "lan0", "lan0-new")
+        .expect("capture");
+    send_marker(&w.node.ns, node2_svc, NODE_MARKER).expect("node1 -> node2");
+    send_marker(&w.pod.ns, pod2_svc, POD_MARKER).expect("pod1 -> pod2");
+    let seen = w.lab.stop_capture(cap).expect("capture");
+    let after = ks.transfer(&w.node).expect("wg transfer");
+    assert!(
+        after.0 > before.0 && after.1 > before.1 + (NODE_MARKER.len() + POD_MARKER.len()) as u64,
+        "WireGuard transfer did not grow: {before:?} -> {after:?}"
+    );
+    for m in [NODE_MARKER, POD_MARKER] {
+        assert!(
+            !seen.contains(m),
+            "{} crossed the lab link in plaintext",
+            String::from_utf8_lossy(m)
+        );
+    }
+    let between = format!(
+        "ip and host {} and host {}",
+        w.node.lan_addr, node2.lan_addr
+    );
+    let wireguard = seen
+        .packets(&format!(
+            "{between} and udp port {}",
+            tsbridge_lab::kubespan::PORT
+        ))
+        .unwrap();
+    let other = seen
+        .packets(&format!(
+            "(({between}) or net {}) and not udp port {}",
+            tsbridge_lab::POD_CIDR_V4,
+            tsbridge_lab::kubespan::PORT
+        ))
+        .unwrap();
+    assert!(
+        !wireguard.is_empty(),
+        "no WireGuard packets on the lab link"
+    );
+    assert!(other.is_empty(), "traffic around WireGuard: {other:#?}");
+    // Sources as the other side saw them: lab and pod addresses, never a tailnet one.
+    assert_eq!(svc_node2.last_source(), Some(IpAddr::V4(w.node.lan_addr)));
+    assert_eq!(svc_pod2.last_source(), Some(IpAddr::V4(w.pod.addr_v4)));
+    eprintln!(
+        "KubeSpan: {} WireGuard packets on lan0, transfer {before:?} -> {after:?}",
+        wireguard.len()
+    );
+
+    // Pods still reach the tailnet peer, by address and by MagicDNS name.
+    let seen = w.pod_echo_seen(
+        &svc_peer,
+        IpAddr::V4(w.peer.ip4),
+        Duration::from_secs(20),
+        &ts,
+    );
+    assert_eq!(seen, IpAddr::V4(w.node_tailnet_v4()));
+    let name = format!("peer.{}", tsbridge_lab::BASE_DOMAIN);
+    let got = resolve_a(&w.pod.ns, "100.100.100.100".parse().unwrap(), &name)
+        .unwrap_or_else(|e| panic!("pod resolves {name}: {e}"));
+    assert_eq!(got, [w.peer.ip4]);
+    pod_echo(&w.pod.ns, IpAddr::V4(got[0])).expect("pod -> peer by name");
+}
+
+/// The ExtensionServiceConfig environment of a `tsbridge patch` output, in order.
+fn patch_environment(patch: &str) -> Vec<(String, String)> {
+    let doc = patch
+        .split("\n---\n")
+        .find(|d| d.contains("kind: ExtensionServiceConfig"))
+        .expect("an ExtensionServiceConfig document");
+    doc.lines()
+        .filter_map(|l| l.strip_prefix("  - \"")?.strip_suffix('"'))
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Test 13 (issue 11): dual-stack pods reach the tailnet over both families with the
+/// configuration `tsbridge patch` generates from the cluster's own machine configuration
+/// (podSubnets and serviceSubnets of both families). Only what must differ in the lab
+/// (state directory, socket, binaries) is not the patch's.
+#[test]
+fn dual_stack_pods_reach_the_tailnet_with_a_patch_generated_configuration() {
+    let w = world();
+    let svc = Service::start(&w.peer.host.ns);
+    let mc = w.lab.dir.join("controlplane.yaml");
+    std::fs::write(
+        &mc,
+        format!(
+            "version: v1alpha1\ncluster:\n    network:\n        podSubnets:\n            - {}\n            - {}\n        serviceSubnets:\n            - 10.96.0.0/12\n            - fd00:10:96::/112\n",
+            tsbridge_lab::POD_CIDR_V4,
+            tsbridge_lab::POD_CIDR_V6
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tsbridge"))
+        .args(["patch", "--talos-version", "1.14", "--lab-subnet"])
+        .arg(tsbridge_lab::LAN_CIDR)
+        .arg("--login-server")
+        .arg(&w.control.url)
+        .arg("--machine-config")
+        .arg(&mc)
+        .env_clear()
+        .output()
+        .expect("tsbridge patch");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let patched = patch_environment(&String::from_utf8_lossy(&out.stdout));
+    let get = |k: &str| {
+        patched
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(
+        get("TSBRIDGE_POD_CIDRS"),
+        Some(
+            format!(
+                "{},{}",
+                tsbridge_lab::POD_CIDR_V4,
+                tsbridge_lab::POD_CIDR_V6
+            )
+            .as_str()
+        )
+    );
+    // The lab's own entries first, the patch's after them (the last value wins), except
+    // where the node must differ from a real one.
+    let lab_only = ["TS_STATE_DIR"];
+    let mut env = w.env(&[("TSBRIDGE_POD_CIDRS", tsbridge_lab::POD_CIDR_V4)]);
+    env.extend(
+        patched
+            .iter()
+            .filter(|(k, _)| !lab_only.contains(&k.as_str()))
+            .cloned(),
+    );
+    let ts = w.start(&env);
+    // One guard more than the lab's own configuration: the IPv6 service CIDR.
+    w.wait_owned((OWNED.0 + 1, OWNED.1), &ts);
+    let (node_v4, node_v6) = w
+        .lab
+        .wait_running(&w.node, Duration::from_secs(5))
+        .expect("node running");
+    let seen = w.pod_echo_seen(&svc, IpAddr::V4(w.peer.ip4), Duration::from_secs(20), &ts);
+    assert_eq!(seen, IpAddr::V4(node_v4));
+    let peer_v6 = w.peer.ip6.expect("the peer has an IPv6 tailnet address");
+    let seen = w.pod_echo_seen(&svc, IpAddr::V6(peer_v6), Duration::from_secs(10), &ts);
+    assert_eq!(
+        Some(seen),
+        node_v6.map(IpAddr::V6),
+        "the peer sees the node's tailnet IPv6 address"
+    );
 }

@@ -630,15 +630,36 @@ fn as_pid_one_orphans_are_reaped() {
 }
 
 /// `TS_AUTHKEY=file:/path`: the key is read from the file on every attempt, so a key
-/// replaced in the file is used on the next retry, without a restart.
+/// replaced in the file is used on the next retry, without a restart. A file that does not
+/// exist at start is a warning naming it (it may appear later, as through `configFiles`),
+/// and the join waits for it.
 #[test]
 fn a_key_file_replaced_while_retrying_is_used_without_a_restart() {
     let w = world();
     let node = w.lab.host("node8").unwrap();
     let key_file = node.dir.join("authkey");
-    std::fs::write(&key_file, format!("{}\n", w.expired_key().key)).unwrap();
     let file_ref = format!("file:{}", key_file.display());
     let ts = w.start(&node, &w.env(&node, None, &[("TS_AUTHKEY", &file_ref)]));
+    w.wait_log(&ts, "tsbridge starting", Duration::from_secs(10));
+    let log = w.lab.log(&ts);
+    let start = log.find("tsbridge starting").expect("started");
+    let warning = log[..start]
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("var=TS_AUTHKEY"))
+        .unwrap_or_else(|| panic!("no warning before the start:\n{log}"));
+    assert!(
+        warning.contains(&key_file.display().to_string()) && warning.contains("does not exist"),
+        "{warning}"
+    );
+    w.wait_log(&ts, "cannot read the auth key", Duration::from_secs(30));
+    assert!(
+        w.current_log(&ts)
+            .lines()
+            .any(|l| l.contains("cannot read the auth key")
+                && l.contains(&key_file.display().to_string())),
+        "the join's error names the file"
+    );
+    std::fs::write(&key_file, format!("{}\n", w.expired_key().key)).unwrap();
     w.wait_log(&ts, "rejected the auth key", Duration::from_secs(30));
     std::fs::write(&key_file, format!("{}\n", w.key("10m").key)).unwrap();
     let addr = w.running(&node, &ts);

@@ -1,29 +1,21 @@
 //! Health, metrics and `tsbridge check` on a lab node (issue 7): a node running
 //! `tsbridge run` (with the real tailscaled) joined to headscale, with a pod behind it.
+//! The listener binds the node's lab address (`TSBRIDGE_LISTEN=lab:9002`) and is read from
+//! another host on the lab network, as a Prometheus in the cluster would scrape it.
 //! Needs root and `make tools`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tsbridge_lab::{Control, Host, Lab, Ns, Peer, Pod, Proc, Tools, in_ns, wait_until};
+use tsbridge_lab::{Control, Host, Lab, Ns, Peer, Pod, Proc, Tools, wait_until};
 
-const LISTEN: &str = "127.0.0.1:9002";
+const PORT: u16 = 9002;
 
-/// GET from inside `ns`: (status, body), or None while nothing listens.
-fn get(ns: &Ns, path: &str) -> Option<(u16, String)> {
-    let path = path.to_owned();
-    in_ns(ns, move || {
-        let addr: SocketAddr = LISTEN.parse().unwrap();
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: node\r\n\r\n").ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        let code = out.get(9..12)?.parse().ok()?;
-        Some((code, out.split_once("\r\n\r\n")?.1.to_owned()))
-    })
+/// GET `http://ADDR:9002/PATH` from inside `ns`: (status, body), or None while nothing
+/// listens.
+fn get_from(ns: &Ns, addr: IpAddr, path: &str) -> Option<(u16, String)> {
+    tsbridge_lab::http_get(ns, SocketAddr::new(addr, PORT), path)
 }
 
 /// A metric's value from an exposition.
@@ -62,40 +54,32 @@ impl World {
             .lab
             .node_env_with_key(&self.control, &self.node)
             .expect("node environment");
-        env.push(("TSBRIDGE_LISTEN".into(), LISTEN.into()));
+        env.push(("TSBRIDGE_LISTEN".into(), format!("lab:{PORT}")));
         env
     }
 
-    /// `tsbridge check [--json]` in the node with the service's environment (key left out:
-    /// check never needs it).
+    /// GET from the control host: another machine on the lab network.
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        get_from(&self.control.host.ns, IpAddr::V4(self.node.lan_addr), path)
+    }
+
+    /// `tsbridge check [--json]` in the node, without the cluster-DNS check (this lab has
+    /// no cluster DNS; tests/dns_lab.rs has one).
     fn check(&self, env: &[(String, String)], json: bool) -> (i32, String) {
-        let bin = env!("CARGO_BIN_EXE_tsbridge");
-        let mut argv: Vec<String> = vec!["env".into()];
-        argv.extend(
-            env.iter()
-                .filter(|(k, _)| k != "TS_AUTHKEY")
-                .map(|(k, v)| format!("{k}={v}")),
-        );
-        argv.extend([bin.to_owned(), "check".to_owned()]);
+        let mut args = vec!["--cluster-dns", "off"];
         if json {
-            argv.push("--json".into());
+            args.push("--json");
         }
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let out = self
-            .lab
-            .exec(&self.node.ns, &argv)
-            .expect("run tsbridge check");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        self.lab
+            .tsbridge_check(&self.node, env, &args)
+            .expect("run tsbridge check")
     }
 
     fn wait_ready(&self, p: &Proc, limit: Duration) -> Duration {
         let start = Instant::now();
         let mut last = String::new();
         let r = wait_until(limit, "/readyz to pass", || {
-            Ok(match get(&self.node.ns, "/readyz") {
+            Ok(match self.get("/readyz") {
                 Some((200, _)) => Some(()),
                 Some((_, body)) => {
                     last = body;
@@ -114,7 +98,7 @@ impl World {
     }
 
     fn metrics(&self) -> String {
-        let (code, body) = get(&self.node.ns, "/metrics").expect("metrics listener");
+        let (code, body) = self.get("/metrics").expect("metrics listener");
         assert_eq!(code, 200);
         body
     }
@@ -133,7 +117,7 @@ fn health_metrics_and_check_on_a_lab_node() {
     // While it starts, /readyz names what is missing; then it passes.
     let took = w.wait_ready(&ts, Duration::from_secs(60));
     eprintln!("tsbridge ready {took:?} after start");
-    let (code, body) = get(&w.node.ns, "/readyz").unwrap();
+    let (code, body) = w.get("/readyz").unwrap();
     assert_eq!(code, 200, "{body}");
     for part in [
         "ok   tailscaled: Running",
@@ -142,7 +126,11 @@ fn health_metrics_and_check_on_a_lab_node() {
     ] {
         assert!(body.contains(part), "{part} missing in:\n{body}");
     }
-    let (code, body) = get(&w.node.ns, "/healthz").unwrap();
+    let (code, body) = w.get("/healthz").unwrap();
+    assert!(
+        get_from(&w.node.ns, "127.0.0.1".parse().unwrap(), "/healthz").is_none(),
+        "lab:9002 binds the lab address only, not loopback"
+    );
     assert_eq!(code, 200, "{body}");
     for lp in ["http", "supervisor", "join", "egress"] {
         assert!(body.contains(lp), "loop {lp} not listed: {body}");
@@ -216,6 +204,13 @@ fn health_metrics_and_check_on_a_lab_node() {
     .expect("restart counted");
     let took = w.wait_ready(&ts, Duration::from_secs(60));
     eprintln!("ready again {took:?} after kill -9 tailscaled");
+    // What a scraper gets, with restarts, repairs and durations recorded, passes
+    // Prometheus's own text parser and linter (`promtool check metrics`).
+    let m = w.metrics();
+    w.lab
+        .tools
+        .check_metrics(&m)
+        .unwrap_or_else(|e| panic!("{e}\n{m}"));
 
     // After tsbridge stops, check fails and says why.
     assert!(

@@ -133,3 +133,132 @@ fn output_is_deterministic() {
     assert!(a.status.success());
     assert_eq!(a.stdout, b.stdout);
 }
+
+#[test]
+fn machine_config_gives_the_clusters_own_subnets_and_never_echoes_its_secrets() {
+    let dir = std::env::temp_dir().join(format!("tsbridge-patch-mc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mc = dir.join("controlplane.yaml");
+    std::fs::write(
+        &mc,
+        "version: v1alpha1\nmachine:\n    token: machinesecret\ncluster:\n    secret: clustersecret\n    network:\n        podSubnets:\n            - 10.244.0.0/16\n            - fd00:10:244::/56\n        serviceSubnets:\n            - 10.96.0.0/12\n            - fd00:10:96::/112\n",
+    )
+    .unwrap();
+    let mc_arg = mc.to_string_lossy().into_owned();
+    let out = patch(&[BASE, &["--machine-config", &mc_arg]].concat(), &[], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let o = text(&out.stdout);
+    assert!(
+        o.contains("  - \"TSBRIDGE_POD_CIDRS=10.244.0.0/16,fd00:10:244::/56\"\n"),
+        "{o}"
+    );
+    assert!(
+        o.contains("  - \"TSBRIDGE_SERVICE_CIDRS=10.96.0.0/12,fd00:10:96::/112\"\n"),
+        "{o}"
+    );
+    assert!(!o.contains("secret") && !text(&out.stderr).contains("secret"));
+    // Both sources at once: refused.
+    let out = patch(
+        &[
+            BASE,
+            &["--machine-config", &mc_arg, "--pod-cidr", "10.0.0.0/8"],
+        ]
+        .concat(),
+        &[],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--machine-config"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Not a machine configuration.
+    std::fs::write(&mc, "kind: KubeletConfig\n").unwrap();
+    let out = patch(&[BASE, &["--machine-config", &mc_arg]].concat(), &[], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("not a Talos machine configuration"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--coredns-manifests`: the CoreDNS objects alone, for `kubectl apply` on a running
+/// cluster. Any flags of the patch command may stay on the line (so the objects match the
+/// patch's); the auth key is never read or written.
+#[test]
+fn coredns_manifests_alone_match_the_patch_and_hold_no_key() {
+    let coredns = [
+        "--control-plane",
+        "--coredns",
+        "--tailnet",
+        "tail1234.ts.net",
+        "--service-cidr",
+        "10.112.0.0/12",
+    ];
+    let full = patch(&[BASE, &coredns].concat(), &[], None);
+    assert!(full.status.success(), "{}", text(&full.stderr));
+    let alone = patch(
+        &[BASE, &coredns, &["--coredns-manifests"]].concat(),
+        &[("TS_AUTHKEY", KEY)],
+        None,
+    );
+    assert!(alone.status.success(), "{}", text(&alone.stderr));
+    assert!(alone.stderr.is_empty(), "{}", text(&alone.stderr));
+    let m = text(&alone.stdout);
+    assert!(
+        m.starts_with("apiVersion: v1\nkind: ServiceAccount\n"),
+        "{m}"
+    );
+    assert!(m.contains("\n  clusterIP: \"10.112.0.10\"\n"), "{m}");
+    assert!(m.contains("forward . 100.100.100.100\n"), "{m}");
+    assert!(
+        !m.contains("sekrit") && !m.contains("ExtensionServiceConfig"),
+        "{m}"
+    );
+    // Every line of it is in the v1alpha1 inline manifest, indented by 8.
+    let inline: String = m
+        .lines()
+        .map(|l| {
+            if l.is_empty() {
+                "\n".to_owned()
+            } else {
+                format!("        {l}\n")
+            }
+        })
+        .collect();
+    assert!(text(&full.stdout).contains(&inline));
+
+    // The shortest form needs no --talos-version or --lab-subnet.
+    let short = patch(
+        &["--coredns-manifests", "--tailnet", "tail1234.ts.net"],
+        &[],
+        None,
+    );
+    assert!(short.status.success(), "{}", text(&short.stderr));
+    assert!(text(&short.stdout).contains("\n  clusterIP: \"10.96.0.10\"\n"));
+
+    for (args, want) in [
+        (&["--coredns-manifests"][..], "needs --tailnet"),
+        (
+            &[
+                "--coredns-manifests",
+                "--tailnet",
+                "x.ts.net",
+                "--authkey-stdin",
+            ],
+            "--authkey-stdin is not used",
+        ),
+        (
+            &["--coredns-manifests", "--tailnet", "Bad Suffix"],
+            "--tailnet",
+        ),
+    ] {
+        let out = patch(args, &[], None);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(
+            text(&out.stderr).contains(want),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}

@@ -78,6 +78,17 @@ fn degraded_run_serves_health_and_says_why() {
     let (code, body) = get(addr, "/metrics");
     assert_eq!(code, 200);
     assert!(body.contains("\ntsbridge_config_problems 2\n"), "{body}");
+    // Prometheus's own parser and linter (what `promtool check metrics` runs) accept it,
+    // and reject an exposition with a duplicated series: the check can fail.
+    let tools = tsbridge_lab::Tools::find(BIN).expect("tools (scripts/setup.sh)");
+    tools
+        .check_metrics(&body)
+        .unwrap_or_else(|e| panic!("{e}\n{body}"));
+    let dup = body.replace(
+        "\ntsbridge_config_problems 2\n",
+        "\ntsbridge_config_problems 2\ntsbridge_config_problems 3\n",
+    );
+    assert!(tools.check_metrics(&dup).is_err());
 }
 
 #[test]

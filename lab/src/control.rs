@@ -22,6 +22,29 @@ pub struct Control {
     pub proc: Proc,
     /// The id of [`LAB_USER`].
     pub user_id: u64,
+    /// For an HTTPS control server ([`Lab::control_https`]): a directory holding the
+    /// lab's CA as `ca-certificates.crt`, to be a client's `/etc/ssl/certs`.
+    pub certs_dir: Option<PathBuf>,
+}
+
+impl Control {
+    /// What a plain tailscaled needs in its environment to use this control server and
+    /// its embedded DERP: DERP over plain HTTP for an HTTP control server (the DERP has
+    /// no TLS then), the lab's CA (`SSL_CERT_FILE`) for an HTTPS one.
+    pub fn client_env(&self) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = Lab::tailscaled_env()
+            .into_iter()
+            .filter(|(k, _)| self.certs_dir.is_none() || *k != "TS_DEBUG_USE_DERP_HTTP")
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        if let Some(d) = &self.certs_dir {
+            env.push((
+                "SSL_CERT_FILE".into(),
+                d.join("ca-certificates.crt").display().to_string(),
+            ));
+        }
+        env
+    }
 }
 
 /// A pre-auth key minted by headscale. The key is a test secret: it is given to tsbridge
@@ -42,10 +65,37 @@ impl Lab {
     /// Starts headscale on a new host `ctl` (192.168.77.1 when created first), waits until
     /// it answers, and creates [`LAB_USER`].
     pub fn control(&self) -> Result<Control> {
+        self.start_control(false)
+    }
+
+    /// Like [`Lab::control`], but headscale serves HTTPS (and its DERP over TLS) with a
+    /// certificate for its address signed by nothing but itself; clients trust it through
+    /// [`Control::certs_dir`] or [`Control::client_env`]. A real control server is HTTPS,
+    /// and only HTTPS passes a plain HTTP proxy (CONNECT): the Noise upgrade of a plain
+    /// HTTP control server does not survive one.
+    pub fn control_https(&self) -> Result<Control> {
+        self.start_control(true)
+    }
+
+    fn start_control(&self, https: bool) -> Result<Control> {
         let host = self.host("ctl")?;
         let dir = &host.dir;
         let addr = host.lan_addr;
-        let url = format!("http://{addr}:{CONTROL_PORT}");
+        let scheme = if https { "https" } else { "http" };
+        let url = format!("{scheme}://{addr}:{CONTROL_PORT}");
+        let (tls, certs_dir) = if https {
+            let certs = dir.join("certs");
+            self.self_signed_cert(&host, &certs)?;
+            (
+                format!(
+                    "tls_cert_path: {c}/ca-certificates.crt\ntls_key_path: {c}/key.pem\n",
+                    c = certs.display()
+                ),
+                Some(certs),
+            )
+        } else {
+            (String::new(), None)
+        };
         let policy = dir.join("policy.json");
         let owners: BTreeMap<&str, Vec<String>> = LAB_TAGS
             .iter()
@@ -107,7 +157,7 @@ unix_socket: {d}/headscale.sock
 unix_socket_permission: "0770"
 logtail:
   enabled: false
-"#,
+{tls}"#,
             policy = policy.display()
         );
         let config_path = dir.join("headscale.yaml");
@@ -122,6 +172,7 @@ logtail:
             config: config_path,
             proc,
             user_id: 0,
+            certs_dir,
         };
         let sock = control.host.dir.join("headscale.sock");
         wait_until(Duration::from_secs(30), "headscale to listen", || {
@@ -135,6 +186,45 @@ logtail:
         })?;
         control.user_id = self.create_user(&control, LAB_USER)?;
         Ok(control)
+    }
+
+    /// A key and a self-signed certificate for `host`'s address in `dir` (`key.pem`,
+    /// `ca-certificates.crt`: the certificate is its own CA).
+    fn self_signed_cert(&self, host: &Host, dir: &std::path::Path) -> Result<()> {
+        fs::create_dir_all(dir).map_err(|e| Error(format!("mkdir {}: {e}", dir.display())))?;
+        let key = dir.join("key.pem").display().to_string();
+        let cert = dir.join("ca-certificates.crt").display().to_string();
+        let san = format!("subjectAltName=IP:{}", host.lan_addr);
+        let out = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=tsbridge-lab-control",
+                "-addext",
+                &san,
+                "-keyout",
+                &key,
+                "-out",
+                &cert,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Error(format!("openssl (package openssl, scripts/setup.sh): {e}")))?;
+        if !out.status.success() {
+            return err(format!(
+                "openssl req failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(())
     }
 
     /// Runs the headscale CLI against the lab's control server; returns its stdout.

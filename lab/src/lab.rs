@@ -40,6 +40,13 @@ impl Host {
     pub fn state_dir(&self) -> PathBuf {
         self.dir.join("state")
     }
+    /// A logs directory for a tailscaled the lab starts itself on this host (created):
+    /// its `TS_LOGS_DIR`.
+    pub fn logs_dir(&self) -> Result<String> {
+        let d = self.dir.join("logs");
+        fs::create_dir_all(&d).map_err(|e| Error(format!("mkdir {}: {e}", d.display())))?;
+        Ok(d.display().to_string())
+    }
 }
 
 /// A pod namespace attached to a node by a veth pair, with default routes via the node.

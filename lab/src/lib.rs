@@ -46,20 +46,30 @@
 //! (which execs the program, so the pid is the program's), with stdout and stderr in a log
 //! file under the lab directory ([`Lab::log`]).
 
+mod capture;
+mod container;
 mod control;
+mod dns;
+pub mod kubespan;
 mod lab;
 mod netns;
 mod node;
 pub mod procfs;
+mod proxy;
 mod tailnet;
 mod tools;
 
 use std::fmt;
 use std::time::{Duration, Instant};
 
+pub use capture::{Capture, Captured};
+pub use container::{Container, OFFICIAL_ENV};
 pub use control::{AuthKey, Control};
+pub use dns::dns_answers;
 pub use lab::{Host, Lab, Pod, Proc};
-pub use netns::{Ns, in_ns, ip, ipn, spawn_in, sweep};
+pub use netns::{Ns, in_ns, ip, ipn, remove_ns, spawn_in, sweep};
+pub use node::http_get;
+pub use proxy::{PROXY_PORT, Proxy};
 pub use tailnet::{Peer, tailnet_addrs};
 pub use tools::{Tools, preflight};
 

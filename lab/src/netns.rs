@@ -41,7 +41,7 @@ pub fn spawn_in<T: Send + 'static>(
 }
 
 /// Kills whatever still runs in a namespace and deletes it with its /etc/netns entry.
-pub(crate) fn remove_ns(name: &str) {
+pub fn remove_ns(name: &str) {
     for _ in 0..3 {
         let pids = ns_pids(name);
         if pids.is_empty() {

@@ -1,11 +1,29 @@
 //! tsbridge nodes: `tsbridge run` on a lab host, its environment, and what it owns in
 //! the node's kernel.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::{
-    Control, Error, Host, LAN_CIDR, Lab, Ns, POD_CIDR_V4, POD_CIDR_V6, Proc, Result, wait_until,
+    Control, Error, Host, LAN_CIDR, Lab, Ns, POD_CIDR_V4, POD_CIDR_V6, Proc, Result, in_ns,
+    wait_until,
 };
+
+/// `GET path` from inside `ns` to tsbridge's health listener at `addr`: (status, body), or
+/// `None` while nothing answers.
+pub fn http_get(ns: &Ns, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let path = path.to_owned();
+    in_ns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: node\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let code = out.get(9..12)?.parse().ok()?;
+        Some((code, out.split_once("\r\n\r\n")?.1.to_owned()))
+    })
+}
 
 impl Lab {
     /// The environment `tsbridge run` gets on a lab node: state and socket in the host's
@@ -86,6 +104,31 @@ impl Lab {
         let mut env = self.node_env(control, host);
         env.push(("TS_AUTHKEY".into(), key.key));
         Ok(env)
+    }
+
+    /// `tsbridge check ARGS` on `host` with the service's environment `env` (the key left
+    /// out: check never needs it): (exit status, stdout).
+    pub fn tsbridge_check(
+        &self,
+        host: &Host,
+        env: &[(String, String)],
+        args: &[&str],
+    ) -> Result<(i32, String)> {
+        let bin = self.tools.tsbridge.to_string_lossy().into_owned();
+        let mut argv: Vec<String> = vec!["env".into()];
+        argv.extend(
+            env.iter()
+                .filter(|(k, _)| k != "TS_AUTHKEY")
+                .map(|(k, v)| format!("{k}={v}")),
+        );
+        argv.extend([bin, "check".to_owned()]);
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let out = self.exec(&host.ns, &argv)?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
     }
 
     /// The pids of the processes in `ns` whose command name is `comm`.

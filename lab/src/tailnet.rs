@@ -25,11 +25,26 @@ impl Lab {
         ]
     }
 
-    /// Starts plain tailscaled on `host` (state and socket in the host's directory).
+    /// Starts plain tailscaled on `host` (state, socket and logs directory in the host's
+    /// directory: without `TS_LOGS_DIR` tailscaled would write the machine's
+    /// /var/lib/tailscale).
     pub fn start_tailscaled(&self, host: &Host) -> Result<Proc> {
+        let env: Vec<(String, String)> = Self::tailscaled_env()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        self.start_tailscaled_env(host, &env)
+    }
+
+    /// [`Lab::start_tailscaled`] with `env` (see [`Control::client_env`]).
+    pub fn start_tailscaled_env(&self, host: &Host, env: &[(String, String)]) -> Result<Proc> {
         let d = self.tools.tailscaled.to_string_lossy().into_owned();
         let state = format!("--statedir={}", host.state_dir().display());
         let sock = format!("--socket={}", host.socket().display());
+        let logs = host.logs_dir()?;
+        let mut env: Vec<(&str, &str)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        env.push(("TS_LOGS_DIR", &logs));
         self.spawn(
             &host.ns,
             &format!("{}-tailscaled", host.role),
@@ -40,7 +55,7 @@ impl Lab {
                 "--tun=tailscale0",
                 "--no-logs-no-support",
             ],
-            &Self::tailscaled_env(),
+            &env,
         )
     }
 
@@ -91,7 +106,7 @@ impl Lab {
     /// and Running.
     pub fn peer(&self, control: &Control, role: &str) -> Result<Peer> {
         let host = self.host(role)?;
-        let tailscaled = self.start_tailscaled(&host)?;
+        let tailscaled = self.start_tailscaled_env(&host, &control.client_env())?;
         let key = self.preauth_key(control, control.user_id, "10m", false, &[])?;
         let login = format!("--login-server={}", control.url);
         let hostname = format!("--hostname={role}");

@@ -10,6 +10,16 @@ pub struct Tools {
     pub tailscale: PathBuf,
     pub tailscaled: PathBuf,
     pub headscale: PathBuf,
+    /// wireguard-go (binary `wireguard`), for KubeSpan in the lab.
+    pub wireguard: PathBuf,
+    /// `promtool check metrics`'s checker (tests/promcheck), see [`Tools::check_metrics`].
+    pub promcheck: PathBuf,
+    /// containerboot, what the official Talos extension (siderolabs/tailscale) runs.
+    /// Checked when a lab runs it ([`Tools::containerboot`]): `make lab` does not need it.
+    containerboot: PathBuf,
+    /// The real CoreDNS (the lab's cluster DNS, `dns.rs`); checked when a lab runs it
+    /// ([`Tools::coredns`]).
+    coredns: PathBuf,
     /// The tsbridge binary under test (tests pass `env!("CARGO_BIN_EXE_tsbridge")`).
     pub tsbridge: PathBuf,
 }
@@ -23,17 +33,7 @@ impl Tools {
             .map(PathBuf::from)
             .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/bin"));
         let bin = bin.canonicalize().unwrap_or(bin);
-        let tool = |name: &str| -> Result<PathBuf> {
-            let p = bin.join(name);
-            if p.is_file() {
-                Ok(p)
-            } else {
-                err(format!(
-                    "{} is missing: run `make tools` (or scripts/setup.sh) first",
-                    p.display()
-                ))
-            }
-        };
+        let tool = |name: &str| built(bin.join(name));
         let tsbridge = tsbridge.into();
         if !tsbridge.is_file() {
             return err(format!("tsbridge binary {} is missing", tsbridge.display()));
@@ -49,12 +49,71 @@ impl Tools {
             tailscale: tool("tailscale")?,
             tailscaled: tool("tailscaled")?,
             headscale: tool("headscale")?,
+            wireguard: tool("wireguard")?,
+            promcheck: tool("promcheck")?,
+            containerboot: bin.join("containerboot"),
+            coredns: bin.join("coredns"),
             tsbridge,
         })
     }
 }
 
-fn which(cmd: &str) -> Option<PathBuf> {
+impl Tools {
+    /// Checks a Prometheus text exposition with Prometheus's own parser and linter (what
+    /// `promtool check metrics` runs); the error carries promcheck's complaints.
+    pub fn check_metrics(&self, exposition: &str) -> Result<()> {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(&self.promcheck)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| crate::Error(format!("{}: {e}", self.promcheck.display())))?;
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| crate::Error("promcheck: no stdin".into()))?;
+        let written = stdin.write_all(exposition.as_bytes());
+        drop(stdin);
+        let out = child
+            .wait_with_output()
+            .map_err(|e| crate::Error(format!("promcheck: {e}")))?;
+        written.map_err(|e| crate::Error(format!("promcheck stdin: {e}")))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            err(format!(
+                "promcheck rejects the exposition: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// containerboot's path; an error naming the command that builds it when missing.
+    pub fn containerboot(&self) -> Result<PathBuf> {
+        built(self.containerboot.clone())
+    }
+
+    /// CoreDNS's path; an error naming the command that builds it when missing.
+    pub fn coredns(&self) -> Result<PathBuf> {
+        built(self.coredns.clone())
+    }
+}
+
+/// `p` if it is there, else an error naming the command that builds the pinned tools.
+fn built(p: PathBuf) -> Result<PathBuf> {
+    if p.is_file() {
+        Ok(p)
+    } else {
+        err(format!(
+            "{} is missing: run `make tools` (or scripts/setup.sh) first",
+            p.display()
+        ))
+    }
+}
+
+pub(crate) fn which(cmd: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/sbin".into()])

@@ -40,23 +40,34 @@ problem once and stays up, degraded, until SIGTERM (so Talos does not restart it
 ";
 
 const CONFIG_HELP: &str = "\
-Usage: tsbridge config
+Usage: tsbridge config [--json]
 
-Validates the configuration in the environment, prints the effective values (secrets
-redacted) and every problem. Exit status 0 when valid, 1 otherwise.
+Validates the configuration in the environment and prints the effective configuration as
+it would be written in the ExtensionServiceConfig: one VARIABLE=value per line, each marked
+`# set` or `# default`, secrets redacted. Warnings and problems go to stderr. Exit status 0
+when valid, 1 otherwise.
+
+Options:
+  --json  one JSON object: {\"valid\": true, \"settings\": [{var, value, set, from?}],
+          \"warnings\": [{var, value, message}]}, or {\"valid\": false, \"problems\": [...]}
 ";
 
 const CHECK_HELP: &str = "\
-Usage: tsbridge check [--json]
+Usage: tsbridge check [--json] [--cluster-dns ADDR|off]
 
 Explains whether a pod on this node can reach the tailnet: tailscaled's state and
 addresses, tsbridge's guard rules and nftables table, the route a pod packet to the
-tailnet takes, the node-identity guard, and a MagicDNS query to 100.100.100.100. Each
-check prints ok or FAIL with a one-line fix. Run it on the node (host network namespace,
-as root) with the service's environment. Exit status 0 only when every check passes.
+tailnet takes, the node-identity guard, a MagicDNS query to 100.100.100.100 for a peer's
+name, and the same query to the cluster DNS (what a pod asks), whose answer must match.
+Each check prints ok or FAIL with a one-line fix. Run it on the node (host network
+namespace, as root) with the service's environment. Exit status 0 only when every check
+passes.
 
 Options:
-  --json  one JSON object: {\"ok\": bool, \"checks\": [{name, ok, detail, fix}]}
+  --json              one JSON object: {\"ok\": bool, \"checks\": [{name, ok, detail, fix}]}
+  --cluster-dns ADDR  the cluster DNS to ask (IP or IP:PORT); default the 10th address of
+                      the first service CIDR (TSBRIDGE_SERVICE_CIDRS), 10.96.0.10 by
+                      default; `off` skips the check
 ";
 
 const VERSION_HELP: &str = "\
@@ -102,10 +113,18 @@ fn dispatch() -> Result<ExitCode, CliError> {
             Ok(crate::run::main())
         }
         "config" => {
-            if no_args(&mut parser, CONFIG_HELP)? {
-                return Ok(ExitCode::SUCCESS);
+            let mut json = false;
+            while let Some(arg) = parser.next()? {
+                match arg {
+                    Long("json") => json = true,
+                    Short('h') | Long("help") => {
+                        print!("{CONFIG_HELP}");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    other => return Err(other.unexpected().into()),
+                }
             }
-            Ok(print_config())
+            Ok(print_config(json))
         }
         "version" => {
             if no_args(&mut parser, VERSION_HELP)? {
@@ -117,9 +136,18 @@ fn dispatch() -> Result<ExitCode, CliError> {
         "patch" => patch::main(&mut parser),
         "check" => {
             let mut json = false;
+            let mut cluster_dns = crate::check::ClusterDns::Default;
             while let Some(arg) = parser.next()? {
                 match arg {
                     Long("json") => json = true,
+                    Long("cluster-dns") => {
+                        let v = parser.value()?.string()?;
+                        cluster_dns = crate::check::ClusterDns::parse(&v).ok_or_else(|| {
+                            CliError::Usage(format!(
+                                "--cluster-dns {v:?}: expected an IP address, IP:PORT or `off`"
+                            ))
+                        })?;
+                    }
                     Short('h') | Long("help") => {
                         print!("{CHECK_HELP}");
                         return Ok(ExitCode::SUCCESS);
@@ -127,7 +155,7 @@ fn dispatch() -> Result<ExitCode, CliError> {
                     other => return Err(other.unexpected().into()),
                 }
             }
-            Ok(crate::check::main(json))
+            Ok(crate::check::main(json, cluster_dns))
         }
         "help" => {
             print!("{MAIN_HELP}");
@@ -160,19 +188,36 @@ fn print_version() {
     );
 }
 
-fn print_config() -> ExitCode {
+fn print_config(json: bool) -> ExitCode {
+    use config::show;
     let loaded = config::from_process_env();
-    for w in &loaded.warnings {
-        eprintln!("warning: {w}");
+    let env = config::env_map(std::env::vars_os());
+    let settings = loaded
+        .config
+        .as_ref()
+        .map(|c| show::settings(c, &env))
+        .map_err(|e| e.0.as_slice());
+    if json {
+        print!(
+            "{}",
+            show::render_json(settings.as_deref().map_err(|p| *p), &loaded.warnings)
+        );
+    } else {
+        for w in &loaded.warnings {
+            eprintln!("warning: {w}");
+        }
+        match &settings {
+            Ok(s) => print!("{}", show::render_text(s)),
+            Err(_) => {
+                if let Err(e) = &loaded.config {
+                    eprintln!("{e}");
+                }
+            }
+        }
     }
-    match loaded.config {
-        Ok(c) => {
-            println!("{c:#?}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::from(1)
-        }
+    if settings.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }

@@ -29,8 +29,14 @@ Options:
                         used (KubeNodeConfig, KubeletConfig, ...), below the v1alpha1 fields
   --lab-subnet CIDR     the node's identity subnet (required; repeat or comma-separate)
   --control-plane       a control-plane node (adds etcd advertisedSubnets, CoreDNS objects)
-  --pod-cidr CIDR       pod CIDRs (default 10.244.0.0/16; repeat or comma-separate)
+  --pod-cidr CIDR       pod CIDRs (default 10.244.0.0/16; repeat or comma-separate); give
+                        every family the cluster uses (podSubnets), e.g. for dual-stack
+                        --pod-cidr 10.244.0.0/16,fd00:10:244::/56
   --service-cidr CIDR   service CIDRs (default 10.96.0.0/12); cluster DNS = 10th address
+  --machine-config FILE take the pod and service CIDRs from the cluster's own Talos machine
+                        configuration (cluster.network.podSubnets and serviceSubnets, both
+                        families): controlplane.yaml / worker.yaml from `talosctl gen
+                        config`, or `talosctl -n NODE read /system/state/config.yaml`
   --tag TAG             advertise tag:NAME (repeat or comma-separate)
   --hostname NAME       TS_HOSTNAME
   --login-server URL    control server (e.g. a headscale URL)
@@ -40,6 +46,11 @@ Options:
   --tailnet SUFFIX      the tailnet's MagicDNS suffix, e.g. tail1234.ts.net
   --cluster-domain D    Kubernetes cluster domain (default cluster.local)
   --coredns-image REF   CoreDNS image (default registry.k8s.io/coredns/coredns:v1.14.6)
+  --coredns-manifests   print only the CoreDNS objects (exactly the inline manifest's
+                        content) for `kubectl apply --server-side --force-conflicts -f -`
+                        on a running cluster, where Talos does not replace objects that
+                        exist; needs --tailnet, and the same --service-cidr,
+                        --cluster-domain and --coredns-image as the patch; no key is read
   --authkey-stdin       read the auth key from standard input
   -h, --help            print help
 
@@ -67,6 +78,7 @@ pub(crate) fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, CliError> {
     let mut lab = Vec::new();
     let mut pods = Vec::new();
     let mut services = Vec::new();
+    let mut machine_config: Option<String> = None;
     let mut tags = Vec::new();
     let mut control_plane = false;
     let mut hostname = None;
@@ -77,6 +89,7 @@ pub(crate) fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, CliError> {
     let mut cluster_domain: Option<String> = None;
     let mut coredns_image: Option<String> = None;
     let mut authkey_stdin = false;
+    let mut coredns_manifests = false;
 
     while let Some(arg) = parser.next()? {
         match arg {
@@ -90,6 +103,7 @@ pub(crate) fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, CliError> {
             Long("lab-subnet") => cidrs("--lab-subnet", &value(parser)?, &mut lab)?,
             Long("pod-cidr") => cidrs("--pod-cidr", &value(parser)?, &mut pods)?,
             Long("service-cidr") => cidrs("--service-cidr", &value(parser)?, &mut services)?,
+            Long("machine-config") => machine_config = Some(value(parser)?),
             Long("tag") => tags.extend(
                 value(parser)?
                     .split(',')
@@ -106,6 +120,7 @@ pub(crate) fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, CliError> {
             Long("cluster-domain") => cluster_domain = Some(value(parser)?),
             Long("coredns-image") => coredns_image = Some(value(parser)?),
             Long("authkey-stdin") => authkey_stdin = true,
+            Long("coredns-manifests") => coredns_manifests = true,
             Long("authkey") | Long("auth-key") => {
                 return Err(CliError::Usage(
                     "the auth key is never taken from the command line (shell history, /proc/*/cmdline): \
@@ -117,6 +132,24 @@ pub(crate) fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, CliError> {
         }
     }
 
+    if coredns_manifests {
+        if authkey_stdin {
+            return Err(CliError::Usage(
+                "--authkey-stdin is not used with --coredns-manifests: the CoreDNS objects hold no key".into(),
+            ));
+        }
+        let tailnet = tailnet.ok_or_else(|| {
+            CliError::Usage(
+                "--coredns-manifests needs --tailnet SUFFIX (the tailnet's MagicDNS suffix, e.g. tail1234.ts.net)".into(),
+            )
+        })?;
+        let c = core_dns(tailnet, cluster_domain, coredns_image);
+        if services.is_empty() {
+            services = talos::default_service_cidrs();
+        }
+        return write_stdout(&talos::render_coredns_manifests(&c, &services)?);
+    }
+
     let talos = talos_version.ok_or_else(|| {
         CliError::Usage(
             "--talos-version is required (e.g. 1.13 or v1.14.0): the patch's schema depends on it"
@@ -124,6 +157,19 @@ pub(crate) fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, CliError> {
         )
     })?;
     let mut o = PatchOptions::new(talos, lab);
+    if let Some(path) = machine_config {
+        if !pods.is_empty() || !services.is_empty() {
+            return Err(CliError::Usage(
+                "--machine-config sets the pod and service CIDRs from the cluster's configuration; drop --pod-cidr/--service-cidr, or --machine-config".into(),
+            ));
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| CliError::Usage(format!("--machine-config {path}: {e}")))?;
+        let n = talos::machine_config::cluster_network(&text)
+            .map_err(|e| CliError::Usage(format!("--machine-config {path}: {e}")))?;
+        pods = n.pod_subnets;
+        services = n.service_subnets;
+    }
     if !pods.is_empty() {
         o.pod_cidrs = pods;
     }
@@ -136,11 +182,7 @@ pub(crate) fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, CliError> {
     o.login_server = login_server;
     o.extra_args = extra_args;
     o.coredns = match (coredns, tailnet) {
-        (true, Some(t)) => Some(CoreDns {
-            tailnet: t.trim_end_matches('.').to_owned(),
-            cluster_domain: cluster_domain.unwrap_or_else(|| talos::DEFAULT_CLUSTER_DOMAIN.into()),
-            image: coredns_image.unwrap_or_else(|| talos::DEFAULT_COREDNS_IMAGE.into()),
-        }),
+        (true, Some(t)) => Some(core_dns(t, cluster_domain, coredns_image)),
         (true, None) => {
             return Err(CliError::Usage(
                 "--coredns needs --tailnet SUFFIX (the tailnet's MagicDNS suffix, e.g. tail1234.ts.net)".into(),
@@ -184,7 +226,18 @@ pub(crate) fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, CliError> {
         );
     }
 
-    let text = talos::render(&o)?;
+    write_stdout(&talos::render(&o)?)
+}
+
+fn core_dns(tailnet: String, domain: Option<String>, image: Option<String>) -> CoreDns {
+    CoreDns {
+        tailnet: tailnet.trim_end_matches('.').to_owned(),
+        cluster_domain: domain.unwrap_or_else(|| talos::DEFAULT_CLUSTER_DOMAIN.into()),
+        image: image.unwrap_or_else(|| talos::DEFAULT_COREDNS_IMAGE.into()),
+    }
+}
+
+fn write_stdout(text: &str) -> Result<ExitCode, CliError> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())

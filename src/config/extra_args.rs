@@ -102,7 +102,16 @@ impl Checker {
                     Some(arg),
                     "conflicts with TS_ACCEPT_DNS; set it in one place",
                 ),
-                "accept-dns" => flags.accept_dns = true,
+                "accept-dns" => {
+                    flags.accept_dns = true;
+                    if value.is_none_or(|v| super::parse_bool(v) == Some(true)) {
+                        self.push(
+                            VAR,
+                            Some(arg),
+                            format!("--accept-dns {}", super::ACCEPT_DNS_REFUSED),
+                        );
+                    }
+                }
                 "json" | "qr" => self.push(
                     VAR,
                     Some(arg),

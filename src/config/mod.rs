@@ -7,6 +7,7 @@
 //! once; nothing here logs or panics.
 
 mod extra_args;
+pub mod show;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -81,6 +82,28 @@ const CONTAINERBOOT_ONLY: &[&str] = &[
     "TS_KUBERNETES_READ_API_SERVER_ADDRESS_FROM_ENV",
 ];
 
+/// Where the health and metrics listener binds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// A fixed address (`ADDRESS:PORT`).
+    Addr(SocketAddr),
+    /// `lab:PORT`: the node's address in `TSBRIDGE_LAB_SUBNETS`, followed as it appears,
+    /// changes or goes.
+    Lab(u16),
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Addr(a) => write!(f, "{a}"),
+            Listen::Lab(p) => write!(f, "lab:{p}"),
+        }
+    }
+}
+
+/// Why `TS_ACCEPT_DNS=true` (or `--accept-dns` in `TS_EXTRA_ARGS`) is refused.
+pub(crate) const ACCEPT_DNS_REFUSED: &str = "cannot work on Talos: tailscaled would take over the node's DNS by rewriting /etc/resolv.conf, which is read-only in the extension (Talos owns the node's resolver); remove it or set it to false. Pods resolve MagicDNS names through CoreDNS (`tsbridge patch --coredns`), the node through 100.100.100.100";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -101,7 +124,8 @@ impl AuthKey {
         match self {
             AuthKey::Inline(s) => Ok(s.clone()),
             AuthKey::File(p) => {
-                let text = std::fs::read_to_string(p)?;
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
                 let key = text.trim();
                 if key.is_empty() {
                     return Err(std::io::Error::new(
@@ -112,6 +136,31 @@ impl AuthKey {
                 Ok(Secret::new(key.to_owned()))
             }
         }
+    }
+}
+
+impl AuthKey {
+    /// A `file:` key whose file cannot be read now. Only a warning: the join reads the file
+    /// when it needs the key, and the file may still appear (for example through the
+    /// ExtensionServiceConfig's `configFiles`).
+    pub fn file_warning(&self) -> Option<Problem> {
+        let AuthKey::File(p) = self else {
+            return None;
+        };
+        let value = format!("file:{}", p.display());
+        let message = match std::fs::metadata(p) {
+            Ok(m) if m.is_file() => return None,
+            Ok(_) => format!(
+                "{} is not a regular file; the join will fail until it is the key file",
+                p.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!(
+                "the key file {} does not exist (yet): joining fails until it appears (for example through the ExtensionServiceConfig's configFiles)",
+                p.display()
+            ),
+            Err(e) => format!("the key file {} cannot be read: {e}", p.display()),
+        };
+        Some(Problem::new("TS_AUTHKEY", Some(&value), message))
     }
 }
 
@@ -132,7 +181,7 @@ pub struct Config {
     pub accept_dns: Option<bool>,
     pub auth_once: bool,
     /// Health and metrics listener; `None` when switched off.
-    pub listen: Option<SocketAddr>,
+    pub listen: Option<Listen>,
     pub enable_metrics: Option<bool>,
     pub enable_health_check: Option<bool>,
     pub lab_subnets: Vec<Cidr>,
@@ -146,6 +195,9 @@ pub struct Config {
     pub tailscale: PathBuf,
     /// `TS_DEBUG_*` variables, passed on to tailscaled's environment.
     pub tailscaled_env: Vec<(String, String)>,
+    /// `HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY` (either case), passed on to tailscaled and
+    /// the tailscale CLI.
+    pub proxies: crate::proxy::Proxies,
 }
 
 /// One problem with one variable.
@@ -202,19 +254,27 @@ pub struct Loaded {
     pub log_level: tracing::Level,
     /// The health listener's address and switches, also known when the rest is invalid, so
     /// a degraded tsbridge still reports why on `/readyz` (an invalid address falls back
-    /// to the default).
-    pub listen: Option<SocketAddr>,
+    /// to the default, and so does `lab:PORT`, which needs the reconciler's address events).
+    pub listen: Option<Listen>,
     pub enable_metrics: Option<bool>,
     pub enable_health_check: Option<bool>,
 }
 
-/// Reads the process environment, keeping duplicated keys' last value.
+/// Reads the process environment, keeping duplicated keys' last value. Unlike [`load`] it
+/// looks at the machine: a `file:` key that cannot be read now is a warning.
 pub fn from_process_env() -> Loaded {
     let exe_dir = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("/usr/local/bin"));
-    load(std::env::vars_os(), &exe_dir)
+    let mut loaded = load(std::env::vars_os(), &exe_dir);
+    if let Ok(Config {
+        auth_key: Some(k), ..
+    }) = &loaded.config
+    {
+        loaded.warnings.extend(k.file_warning());
+    }
+    loaded
 }
 
 /// The environment as a map, last value wins. Non-UTF-8 entries are kept as lossy text so
@@ -314,6 +374,9 @@ where
         .raw("TS_ROUTES")
         .map(|v| r.cidr_list_value("TS_ROUTES", v, true));
     let accept_dns_env = r.opt_bool("TS_ACCEPT_DNS");
+    if accept_dns_env == Some(true) {
+        r.bad("TS_ACCEPT_DNS", ACCEPT_DNS_REFUSED);
+    }
     let auth_once = r.bool("TS_AUTH_ONCE", true);
     let enable_metrics = r.opt_bool("TS_ENABLE_METRICS");
     let enable_health_check = r.opt_bool("TS_ENABLE_HEALTH_CHECK");
@@ -344,13 +407,15 @@ where
 
     let problems_before_listen = r.problems.len();
     let listen = r.listen();
-    let degraded_listen = if r.problems.len() > problems_before_listen {
-        DEFAULT_LISTEN.parse().ok()
-    } else {
-        listen
-    };
+    let bad_listen = r.problems.len() > problems_before_listen;
 
     let lab_subnets = r.cidr_list("TSBRIDGE_LAB_SUBNETS", "", true);
+    if matches!(listen, Some(Listen::Lab(_))) && lab_subnets.is_empty() {
+        r.bad(
+            "TSBRIDGE_LISTEN",
+            "lab:PORT binds the node's address in TSBRIDGE_LAB_SUBNETS, which is not set; set it, or give ADDRESS:PORT",
+        );
+    }
     let pod_cidrs = r.cidr_list("TSBRIDGE_POD_CIDRS", DEFAULT_POD_CIDRS, false);
     let service_cidrs = r.cidr_list("TSBRIDGE_SERVICE_CIDRS", DEFAULT_SERVICE_CIDRS, false);
     r.check_cidr_sets(&lab_subnets, &pod_cidrs, &service_cidrs);
@@ -363,6 +428,13 @@ where
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
 
+    let degraded_listen = match listen {
+        _ if bad_listen => DEFAULT_LISTEN.parse().ok().map(Listen::Addr),
+        Some(Listen::Lab(_)) if !r.problems.is_empty() => {
+            DEFAULT_LISTEN.parse().ok().map(Listen::Addr)
+        }
+        other => other,
+    };
     let config = if r.problems.is_empty() {
         Ok(Config {
             auth_key,
@@ -387,6 +459,7 @@ where
             tailscaled,
             tailscale,
             tailscaled_env,
+            proxies: crate::proxy::Proxies::from_env(&env),
         })
     } else {
         Err(ConfigErrors(r.problems))
@@ -490,20 +563,32 @@ impl Reader<'_> {
         }
     }
 
-    fn listen(&mut self) -> Option<SocketAddr> {
+    fn listen(&mut self) -> Option<Listen> {
         let (var, v) = match (self.get("TSBRIDGE_LISTEN"), self.get("TS_LOCAL_ADDR_PORT")) {
             (Some(v), _) => ("TSBRIDGE_LISTEN", v),
             (None, Some(v)) => ("TS_LOCAL_ADDR_PORT", v),
-            (None, None) => return DEFAULT_LISTEN.parse().ok(),
+            (None, None) => return DEFAULT_LISTEN.parse().ok().map(Listen::Addr),
         };
         if var == "TSBRIDGE_LISTEN" && v == "off" {
             return None;
         }
+        if let Some(port) = v.strip_prefix("lab:").filter(|_| var == "TSBRIDGE_LISTEN") {
+            return match port.parse::<u16>() {
+                Ok(p) if p != 0 => Some(Listen::Lab(p)),
+                _ => {
+                    self.bad(
+                        var,
+                        "expected lab:PORT with a port from 1 to 65535, like lab:9002",
+                    );
+                    None
+                }
+            };
+        }
         match v.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
+            Ok(a) => Some(Listen::Addr(a)),
             Err(_) => {
                 let hint = if var == "TSBRIDGE_LISTEN" {
-                    "expected ADDRESS:PORT like 127.0.0.1:9002 or [::]:9002, or `off`"
+                    "expected ADDRESS:PORT like 127.0.0.1:9002 or [::]:9002, lab:PORT (the node's lab-subnet address), or `off`"
                 } else {
                     "expected ADDRESS:PORT like [::]:9002"
                 };
@@ -662,7 +747,10 @@ mod tests {
         );
         assert!(c.snat && c.mss_clamp);
         assert!(c.lab_subnets.is_empty());
-        assert_eq!(c.listen, Some("127.0.0.1:9002".parse().unwrap()));
+        assert_eq!(
+            c.listen,
+            Some(Listen::Addr("127.0.0.1:9002".parse().unwrap()))
+        );
         assert_eq!(c.tailscaled, PathBuf::from("/opt/ext/tailscaled"));
         assert_eq!(c.tailscale, PathBuf::from("/opt/ext/tailscale"));
         assert_eq!(c.auth_key, None);
@@ -726,6 +814,32 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_key_file_is_a_warning_naming_the_path() {
+        let dir = std::env::temp_dir().join(format!("tsbridge-keywarn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("key");
+        let k = AuthKey::File(path.clone());
+        let w = k.file_warning().expect("missing file warns");
+        assert_eq!(w.var, "TS_AUTHKEY");
+        assert!(w.message.contains(&path.display().to_string()), "{w}");
+        assert!(w.message.contains("does not exist"), "{w}");
+        std::fs::write(&path, "tskey-auth-kW-x\n").unwrap();
+        assert_eq!(k.file_warning(), None);
+        assert!(
+            AuthKey::File(dir.clone())
+                .file_warning()
+                .unwrap()
+                .message
+                .contains("not a regular file")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            AuthKey::Inline(Secret::new("tskey-a".into())).file_warning(),
+            None
+        );
+    }
+
+    #[test]
     fn extra_args_use_shell_quoting() {
         let c = ok(&[(
             "TS_EXTRA_ARGS",
@@ -780,17 +894,17 @@ mod tests {
         ]);
         assert!(e[0].message.contains("TS_ROUTES"));
         let e = errs(&[
-            ("TS_ACCEPT_DNS", "true"),
+            ("TS_ACCEPT_DNS", "false"),
             ("TS_EXTRA_ARGS", "--accept-dns=false"),
         ]);
         assert!(e[0].message.contains("TS_ACCEPT_DNS"));
         // Merge rule: a flag only in TS_EXTRA_ARGS is the user's choice, and tsbridge does
         // not add its own default for it.
-        let c = ok(&[("TS_EXTRA_ARGS", "--accept-dns=true --hostname=n1")]);
+        let c = ok(&[("TS_EXTRA_ARGS", "--accept-dns=false --hostname=n1")]);
         assert_eq!(c.accept_dns, None);
         assert_eq!(c.hostname, None);
-        let c = ok(&[("TS_ACCEPT_DNS", "true")]);
-        assert_eq!(c.accept_dns, Some(true));
+        let c = ok(&[("TS_ACCEPT_DNS", "false")]);
+        assert_eq!(c.accept_dns, Some(false));
         let e = errs(&[(
             "TS_TAILSCALED_EXTRA_ARGS",
             "--statedir=/x --socket=/y --tun=userspace-networking --state=mem:",
@@ -807,6 +921,25 @@ mod tests {
     }
 
     #[test]
+    fn accept_dns_is_refused_naming_the_variable() {
+        for v in ["true", "1", "T"] {
+            let e = errs(&[("TS_ACCEPT_DNS", v)]);
+            assert_eq!(vars(&e), ["TS_ACCEPT_DNS"], "{v}");
+            assert!(e[0].message.contains("/etc/resolv.conf"), "{e:?}");
+            assert!(e[0].to_string().starts_with("TS_ACCEPT_DNS="), "{}", e[0]);
+        }
+        for args in ["--accept-dns", "--accept-dns=true", "-accept-dns=1"] {
+            let e = errs(&[("TS_EXTRA_ARGS", args)]);
+            assert_eq!(vars(&e), ["TS_EXTRA_ARGS"], "{args}");
+            assert!(e[0].message.contains("read-only"), "{e:?}");
+        }
+        assert_eq!(ok(&[("TS_ACCEPT_DNS", "false")]).accept_dns, Some(false));
+        // With another problem: every one is reported, TS_ACCEPT_DNS among them.
+        let e = errs(&[("TS_ACCEPT_DNS", "true"), ("TS_USERSPACE", "true")]);
+        assert_eq!(vars(&e), ["TS_USERSPACE", "TS_ACCEPT_DNS"]);
+    }
+
+    #[test]
     fn userspace_is_refused_with_a_reason() {
         let e = errs(&[("TS_USERSPACE", "true")]);
         assert!(e[0].message.contains("kernel mode"));
@@ -817,7 +950,7 @@ mod tests {
     fn booleans_follow_go_parsebool_and_bad_ones_are_errors() {
         assert!(!ok(&[("TSBRIDGE_SNAT", "0")]).snat);
         assert!(!ok(&[("TSBRIDGE_MSS_CLAMP", "F")]).mss_clamp);
-        assert!(ok(&[("TS_ACCEPT_DNS", "1")]).accept_dns == Some(true));
+        assert!(ok(&[("TS_ACCEPT_DNS", "0")]).accept_dns == Some(false));
         let e = errs(&[("TSBRIDGE_SNAT", "yes please")]);
         assert_eq!(vars(&e), ["TSBRIDGE_SNAT"]);
         assert_eq!(e[0].value.as_deref(), Some("yes please"));
@@ -851,15 +984,43 @@ mod tests {
     #[test]
     fn listen_address_precedence() {
         let c = ok(&[("TS_LOCAL_ADDR_PORT", "[::]:9002")]);
-        assert_eq!(c.listen, Some("[::]:9002".parse().unwrap()));
+        assert_eq!(c.listen, Some(Listen::Addr("[::]:9002".parse().unwrap())));
         let c = ok(&[
             ("TS_LOCAL_ADDR_PORT", "[::]:9002"),
             ("TSBRIDGE_LISTEN", "10.0.0.1:9100"),
         ]);
-        assert_eq!(c.listen, Some("10.0.0.1:9100".parse().unwrap()));
+        assert_eq!(
+            c.listen,
+            Some(Listen::Addr("10.0.0.1:9100".parse().unwrap()))
+        );
         assert_eq!(ok(&[("TSBRIDGE_LISTEN", "off")]).listen, None);
         assert_eq!(
             vars(&errs(&[("TS_LOCAL_ADDR_PORT", "9002")])),
+            ["TS_LOCAL_ADDR_PORT"]
+        );
+        // lab:PORT: the node's lab-subnet address, which needs the lab subnets.
+        let c = ok(&[
+            ("TSBRIDGE_LISTEN", "lab:9002"),
+            ("TSBRIDGE_LAB_SUBNETS", "192.168.10.0/24"),
+        ]);
+        assert_eq!(c.listen, Some(Listen::Lab(9002)));
+        assert_eq!(c.listen.unwrap().to_string(), "lab:9002");
+        let e = errs(&[("TSBRIDGE_LISTEN", "lab:9002")]);
+        assert_eq!(vars(&e), ["TSBRIDGE_LISTEN"]);
+        assert!(e[0].message.contains("TSBRIDGE_LAB_SUBNETS"), "{e:?}");
+        for bad in ["lab:", "lab:0", "lab:x", "lab:70000"] {
+            let e = errs(&[
+                ("TSBRIDGE_LISTEN", bad),
+                ("TSBRIDGE_LAB_SUBNETS", "192.168.10.0/24"),
+            ]);
+            assert_eq!(vars(&e), ["TSBRIDGE_LISTEN"], "{bad}");
+        }
+        // containerboot's variable knows addresses only.
+        assert_eq!(
+            vars(&errs(&[
+                ("TS_LOCAL_ADDR_PORT", "lab:9002"),
+                ("TSBRIDGE_LAB_SUBNETS", "192.168.10.0/24"),
+            ])),
             ["TS_LOCAL_ADDR_PORT"]
         );
     }
@@ -1006,13 +1167,26 @@ mod tests {
             Path::new("/x"),
         );
         assert!(l.config.is_err());
-        assert_eq!(l.listen, Some("[::]:9102".parse().unwrap()));
+        assert_eq!(l.listen, Some(Listen::Addr("[::]:9102".parse().unwrap())));
         assert_eq!(l.enable_metrics, Some(false));
         assert_eq!(l.enable_health_check, None);
         // An invalid address falls back to the default for the degraded listener.
+        let default = Some(Listen::Addr(DEFAULT_LISTEN.parse().unwrap()));
         let l = load(env(&[("TSBRIDGE_LISTEN", "nowhere")]), Path::new("/x"));
         assert!(l.config.is_err());
-        assert_eq!(l.listen, Some(DEFAULT_LISTEN.parse().unwrap()));
+        assert_eq!(l.listen, default);
+        // So does lab:PORT, which follows the reconciler's address events (none when
+        // degraded).
+        let l = load(
+            env(&[
+                ("TSBRIDGE_LISTEN", "lab:9002"),
+                ("TSBRIDGE_LAB_SUBNETS", "192.168.10.0/24"),
+                ("TS_USERSPACE", "1"),
+            ]),
+            Path::new("/x"),
+        );
+        assert!(l.config.is_err());
+        assert_eq!(l.listen, default);
         let l = load(env(&[("TSBRIDGE_LISTEN", "off")]), Path::new("/x"));
         assert_eq!(l.listen, None);
         let e = errs(&[("TSBRIDGE_LOG_FORMAT", "xml")]);

@@ -24,13 +24,93 @@ pub enum Identity {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PodPath {
-    /// Not checked yet, or nothing to check against (no local pod route, TUN absent).
+    /// Not checked yet, or nothing to check against (TUN absent, routes unreadable).
     Unknown(String),
+    /// The TUN is up and the plan is in place, but no pod lives on this node yet (no route
+    /// into a pod CIDR, none of a CNI device outside them): nothing to ask the kernel
+    /// about. Ready, but not verified: the text says so.
+    NoPods(String),
     /// A packet from a pod to a tailnet peer would leave by the TUN.
     Ok {
         via: String,
     },
     Problem(String),
+    /// A CNI routes pods the configuration does not know (`TSBRIDGE_POD_CIDRS` to fix);
+    /// the text names the routes.
+    Unconfigured(String),
+}
+
+/// Interfaces that only a CNI creates (exact names) or whose names a CNI's pods get
+/// (prefixes): flannel (`cni0`, `flannel.1`, `flannel-v6.1`, `flannel-wg[-v6]`), Cilium
+/// (`cilium_host`, `cilium_net`, `cilium_vxlan`, `cilium_geneve`, `lxc*`), Calico
+/// (`vxlan.calico`, `vxlan-v6.calico`, `wireguard.cali`, `wg-v6.cali`, `tunl0`, `cali*`),
+/// kube-router (`kube-bridge`), Weave (`weave`), the CNI reference plugins (`cbr0`, `veth*`
+/// of ptp). A route through one of them leads to pods.
+const CNI_LINKS: &[&str] = &[
+    "cni0",
+    "cbr0",
+    "flannel.1",
+    "flannel-v6.1",
+    "flannel-wg",
+    "flannel-wg-v6",
+    "cilium_host",
+    "cilium_net",
+    "cilium_vxlan",
+    "cilium_geneve",
+    "vxlan.calico",
+    "vxlan-v6.calico",
+    "wireguard.cali",
+    "wg-v6.cali",
+    "tunl0",
+    "kube-bridge",
+    "weave",
+];
+const CNI_LINK_PREFIXES: &[&str] = &["lxc", "cali", "veth"];
+
+pub fn is_cni_link(name: &str) -> bool {
+    CNI_LINKS.contains(&name) || CNI_LINK_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Routes in `main` through a CNI device whose destination is in none of the configured
+/// pod, service and lab CIDRs: pods the configuration does not know (Cilium's default
+/// 10.0.0.0/8 pool against the 10.244.0.0/16 default, an IPv6 pod network left out of
+/// `TSBRIDGE_POD_CIDRS`). Their packets leave tailscale0 unmasqueraded and are dropped.
+pub fn unconfigured_pod_routes(
+    links: &[super::kernel::Link],
+    routes: &[super::kernel::Route],
+    cfg: &EgressConfig,
+) -> Vec<String> {
+    let known = cfg
+        .pod_cidrs
+        .iter()
+        .chain(&cfg.service_cidrs)
+        .chain(&cfg.lab_subnets);
+    let known: Vec<&Cidr> = known.collect();
+    let mut out = Vec::new();
+    for r in routes {
+        let Some(link) = r
+            .oif
+            .and_then(|o| links.iter().find(|l| l.index == o))
+            .filter(|l| is_cni_link(&l.name))
+        else {
+            continue;
+        };
+        let d = r.dst;
+        let special = d.prefix_len() == 0
+            || is_tailnet(d.addr())
+            || match d.addr() {
+                IpAddr::V4(a) => a.is_loopback() || a.is_multicast() || a.is_link_local(),
+                IpAddr::V6(a) => a.is_loopback() || a.is_multicast() || a.is_unicast_link_local(),
+            };
+        if special || known.iter().any(|k| k.contains(d.addr())) {
+            continue;
+        }
+        let shown = format!("{d} dev {}", link.name);
+        if !out.contains(&shown) {
+            out.push(shown);
+        }
+    }
+    out
 }
 
 /// The identity verdict.
@@ -51,10 +131,9 @@ pub fn identity(k: &mut dyn Kernel, cfg: &EgressConfig) -> Identity {
             .map(|l| l.name.clone())
             .unwrap_or_else(|| format!("if{idx}"))
     };
-    let Some(own) = addrs
-        .iter()
-        .find(|a| cfg.lab_subnets.iter().any(|s| s.contains(a.addr)))
-    else {
+    let own = lab_address(&addrs_of(&addrs), &cfg.lab_subnets)
+        .and_then(|ip| addrs.iter().find(|a| a.addr == ip));
+    let Some(own) = own else {
         let subnets: Vec<String> = cfg.lab_subnets.iter().map(Cidr::to_string).collect();
         return Identity::Problem(format!(
             "the node has no address in TSBRIDGE_LAB_SUBNETS ({}): Kubernetes would pick another address, possibly the tailnet one",
@@ -98,8 +177,17 @@ pub fn identity(k: &mut dyn Kernel, cfg: &EgressConfig) -> Identity {
     }
 }
 
-fn addrs_of(a: &[super::kernel::Addr]) -> Vec<IpAddr> {
+pub fn addrs_of(a: &[super::kernel::Addr]) -> Vec<IpAddr> {
     a.iter().map(|a| a.addr).collect()
+}
+
+/// The node's address in the lab subnets: the first of `addrs` (the kernel's order) in any
+/// of them. It is the node identity, and where `TSBRIDGE_LISTEN=lab:PORT` binds.
+pub fn lab_address(addrs: &[IpAddr], lab_subnets: &[Cidr]) -> Option<IpAddr> {
+    addrs
+        .iter()
+        .copied()
+        .find(|a| lab_subnets.iter().any(|s| s.contains(*a)))
 }
 
 /// An address inside `c` (counting up from its first host) that is none of `own`.
@@ -140,7 +228,21 @@ pub fn pod_path(k: &mut dyn Kernel, cfg: &EgressConfig) -> PodPath {
             .unwrap_or_else(|| format!("if{idx}"))
     };
     let own = addrs_of(&addrs);
+    let unknown = unconfigured_pod_routes(&links, &routes, cfg);
+    if !unknown.is_empty() {
+        let configured: Vec<String> = cfg.pod_cidrs.iter().map(Cidr::to_string).collect();
+        return PodPath::Unconfigured(format!(
+            "pod routes outside TSBRIDGE_POD_CIDRS ({}): {}; their pods reach tailscale0 unmasqueraded and get no answer: add the cluster's pod subnets (podSubnets, both families) to TSBRIDGE_POD_CIDRS",
+            configured.join(","),
+            unknown.join(", ")
+        ));
+    }
+    let lo = links.iter().find(|l| l.name == "lo").map(|l| l.index);
+    // Per pod CIDR: from a pod address arriving on its pod interface when this node has
+    // pods there; else from an address of the CIDR arriving on `lo` (the routing from a
+    // pod source, without an interface to check).
     let mut checked = Vec::new();
+    let mut without_pods = Vec::new();
     for pod in &cfg.pod_cidrs {
         // The node's own pods sit behind a directly connected route (cni0, a veth);
         // routes to other nodes' pods (via a gateway, e.g. flannel.1) are the fallback.
@@ -153,23 +255,30 @@ pub fn pod_path(k: &mut dyn Kernel, cfg: &EgressConfig) -> PodPath {
             .clone()
             .find(|r| !r.via_gateway)
             .or(candidates.clone().next());
-        let Some(local) = local else { continue };
-        let Some(src) = neighbour(&local.dst, &own) else {
+        let (src, iif, has_pods) = match local {
+            Some(r) => (neighbour(&r.dst, &own), r.oif, true),
+            None => (neighbour(pod, &own), lo, false),
+        };
+        let (Some(src), Some(iif)) = (src, iif) else {
             continue;
         };
-        let Some(iif) = local.oif else { continue };
         let dst = if pod.is_ipv4() { PROBE_V4 } else { PROBE_V6 };
+        let what = if has_pods { "pod" } else { "pod address" };
         match k.route_get(&RouteQuery {
             dst,
             src: Some(src),
             iif: Some(iif),
         }) {
             Ok(ans) if ans.oif == Some(tun.index) && ans.kind == 1 => {
-                checked.push(format!("{src}->{dst}"));
+                if has_pods {
+                    checked.push(format!("{src}->{dst}"));
+                } else {
+                    without_pods.push(format!("{src}->{dst}"));
+                }
             }
             Ok(ans) => {
                 return PodPath::Problem(format!(
-                    "a packet from pod {src} (in on {}) to {dst} leaves by {} (route type {}), not {}",
+                    "a packet from {what} {src} (in on {}) to {dst} leaves by {} (route type {}), not {}",
                     name(iif),
                     ans.oif.map(name).unwrap_or_else(|| "nowhere".into()),
                     ans.kind,
@@ -178,18 +287,30 @@ pub fn pod_path(k: &mut dyn Kernel, cfg: &EgressConfig) -> PodPath {
             }
             Err(e) => {
                 return PodPath::Problem(format!(
-                    "a packet from pod {src} (in on {}) to {dst} is not routed: {e} (is forwarding on?)",
+                    "a packet from {what} {src} (in on {}) to {dst} is not routed: {e} (is forwarding on?)",
                     name(iif)
                 ));
             }
         }
     }
-    if checked.is_empty() {
-        PodPath::Unknown("no local pod route to check from yet".into())
-    } else {
-        PodPath::Ok {
+    match (checked.is_empty(), without_pods.is_empty()) {
+        (false, true) => PodPath::Ok {
             via: format!("{} ({})", cfg.tun, checked.join(", ")),
-        }
+        },
+        (false, false) => PodPath::Ok {
+            via: format!(
+                "{} ({}; no pods yet for {}, routed from lo)",
+                cfg.tun,
+                checked.join(", "),
+                without_pods.join(", ")
+            ),
+        },
+        (true, _) if !without_pods.is_empty() => PodPath::NoPods(format!(
+            "no pods on this node yet (no route into TSBRIDGE_POD_CIDRS); a pod-address packet arriving on lo is routed into {} ({}), no pod interface to verify; checked again when the CNI adds a pod route",
+            cfg.tun,
+            without_pods.join(", ")
+        )),
+        (true, _) => PodPath::Unknown("no address in TSBRIDGE_POD_CIDRS to probe from".into()),
     }
 }
 
@@ -354,6 +475,110 @@ mod tests {
         assert!(matches!(pod_path(&mut k, &cfg(&[])), PodPath::Problem(_)));
         k.links.remove(1);
         assert!(matches!(pod_path(&mut k, &cfg(&[])), PodPath::Unknown(_)));
+    }
+
+    fn lo() -> Link {
+        Link {
+            index: 1,
+            name: "lo".into(),
+            up: true,
+        }
+    }
+
+    #[test]
+    fn no_pods_yet_is_unverified_after_probing_from_lo() {
+        let mut k = node();
+        k.links.push(lo());
+        k.routes.retain(|r| r.dst.to_string() != "10.244.1.0/24");
+        k.routes.retain(|r| r.dst.to_string() != "10.244.2.0/24");
+        let q = RouteQuery {
+            dst: PROBE_V4,
+            src: Some("10.244.0.1".parse().unwrap()),
+            iif: Some(1),
+        };
+        k.answers.push((
+            q,
+            RouteAnswer {
+                oif: Some(5),
+                prefsrc: None,
+                table: 52,
+                kind: 1,
+            },
+        ));
+        let v = pod_path(&mut k, &cfg(&[]));
+        assert!(
+            matches!(&v, PodPath::NoPods(m) if m.contains("10.244.0.1->100.100.100.100") && m.contains("no pods on this node yet")),
+            "{v:?}"
+        );
+        // A wrong answer from lo is a problem, pods or not.
+        k.answers[0].1.oif = Some(2);
+        let v = pod_path(&mut k, &cfg(&[]));
+        assert!(
+            matches!(&v, PodPath::Problem(m) if m.contains("eth0")),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn cni_routes_outside_the_pod_cidrs_are_named() {
+        // Cilium's default pool (10.0.0.0/8) against the default TSBRIDGE_POD_CIDRS.
+        let mut k = node();
+        k.links.push(Link {
+            index: 11,
+            name: "cilium_host".into(),
+            up: true,
+        });
+        k.routes.push(Route {
+            dst: "10.0.1.0/24".parse().unwrap(),
+            oif: Some(11),
+            via_gateway: true,
+        });
+        let v = pod_path(&mut k, &cfg(&[]));
+        assert!(
+            matches!(&v, PodPath::Unconfigured(m) if m.contains("10.0.1.0/24 dev cilium_host") && m.contains("TSBRIDGE_POD_CIDRS (10.244.0.0/16)")),
+            "{v:?}"
+        );
+        // Dual-stack pods on cni0 with only the IPv4 CIDR configured.
+        let mut k = node();
+        k.routes.push(Route {
+            dst: "fd00:10:244:1::/64".parse().unwrap(),
+            oif: Some(7),
+            via_gateway: false,
+        });
+        let v = pod_path(&mut k, &cfg(&[]));
+        assert!(
+            matches!(&v, PodPath::Unconfigured(m) if m.contains("fd00:10:244:1::/64 dev cni0")),
+            "{v:?}"
+        );
+        // Not pods: default and link-local routes, other devices, configured ranges.
+        let links = vec![
+            Link {
+                index: 7,
+                name: "cni0".into(),
+                up: true,
+            },
+            Link {
+                index: 2,
+                name: "eth0".into(),
+                up: true,
+            },
+        ];
+        let routes: Vec<Route> = [
+            ("0.0.0.0/0", 7),
+            ("fe80::/64", 7),
+            ("172.16.0.0/16", 2),
+            ("10.244.3.0/24", 7),
+            ("10.96.0.0/12", 7),
+        ]
+        .into_iter()
+        .map(|(d, o)| Route {
+            dst: d.parse().unwrap(),
+            oif: Some(o),
+            via_gateway: false,
+        })
+        .collect();
+        assert!(unconfigured_pod_routes(&links, &routes, &cfg(&[])).is_empty());
+        assert!(is_cni_link("lxc12ab") && is_cni_link("cali0f") && !is_cni_link("eth0"));
     }
 
     #[test]

@@ -9,12 +9,12 @@ use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
 };
-use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use super::nft;
 use super::nl::{Answer, NlError, NlSocket};
-use super::plan::{NftOp, ObservedNft, ObservedRule, PolicyRule, RT_PROTO};
+use super::plan::{self, NftOp, ObservedNft, ObservedRule, PolicyRule, RT_PROTO};
 use crate::net::Cidr;
 
 /// A network interface.
@@ -138,19 +138,29 @@ fn family_of(ip: &IpAddr) -> AddressFamily {
     }
 }
 
-/// The rule message tsbridge adds and deletes: always with an explicit ToTable action and
-/// table, and our protocol.
+/// The rule message tsbridge adds and deletes: always with an explicit action (a rule
+/// without one breaks every lookup), and our protocol.
 fn rule_message(r: &PolicyRule) -> RuleMessage {
     let mut m = RuleMessage::default();
     m.header.family = family_of(&r.dst.addr());
     m.header.dst_len = r.dst.prefix_len();
-    m.header.table = if r.table < 256 { r.table as u8 } else { 0 };
-    m.header.action = RuleAction::ToTable;
     if r.dst.prefix_len() > 0 {
         m.attributes.push(RuleAttribute::Destination(r.dst.addr()));
     }
     m.attributes.push(RuleAttribute::Priority(r.priority));
-    m.attributes.push(RuleAttribute::Table(r.table));
+    match r.action {
+        plan::RuleAction::Lookup(t) => {
+            m.header.action = RuleAction::ToTable;
+            m.header.table = if t < 256 { t as u8 } else { 0 };
+            m.attributes.push(RuleAttribute::Table(t));
+        }
+        plan::RuleAction::Goto(target) => {
+            m.header.action = RuleAction::Goto;
+            m.attributes.push(RuleAttribute::Goto(target));
+        }
+        plan::RuleAction::Nop => m.header.action = RuleAction::Nop,
+        plan::RuleAction::Other(a) => m.header.action = RuleAction::from(a),
+    }
     m.attributes
         .push(RuleAttribute::Protocol(RouteProtocol::from(RT_PROTO)));
     m
@@ -166,14 +176,16 @@ pub fn observed_rule(m: &RuleMessage) -> Option<ObservedRule> {
     let mut dst = any;
     let mut priority = 0;
     let mut table = m.header.table as u32;
+    let mut goto = None;
     let mut protocol = 0u8;
     let mut foreign_shape =
-        m.header.action != RuleAction::ToTable || m.header.src_len != 0 || m.header.tos != 0;
+        m.header.src_len != 0 || m.header.tos != 0 || m.header.flags.contains(RuleFlags::Invert);
     for a in &m.attributes {
         match a {
             RuleAttribute::Destination(ip) => dst = *ip,
             RuleAttribute::Priority(p) => priority = *p,
             RuleAttribute::Table(t) => table = *t,
+            RuleAttribute::Goto(p) => goto = Some(*p),
             RuleAttribute::Protocol(p) => protocol = u8::from(*p),
             // The kernel reports these unset as -1 on every rule.
             RuleAttribute::SuppressPrefixLen(u32::MAX)
@@ -181,12 +193,21 @@ pub fn observed_rule(m: &RuleMessage) -> Option<ObservedRule> {
             _ => foreign_shape = true,
         }
     }
+    let action = match (m.header.action, goto) {
+        (RuleAction::ToTable, _) => plan::RuleAction::Lookup(table),
+        (RuleAction::Goto, Some(target)) => plan::RuleAction::Goto(target),
+        (RuleAction::Nop, _) => plan::RuleAction::Nop,
+        (other, _) => {
+            foreign_shape = true;
+            plan::RuleAction::Other(u8::from(other))
+        }
+    };
     let dst = Cidr::new_truncating(dst, m.header.dst_len).ok()?;
     Some(ObservedRule {
         rule: PolicyRule {
             priority,
             dst,
-            table,
+            action,
         },
         protocol,
         foreign_shape,
@@ -450,7 +471,7 @@ mod tests {
         let mut m = rule_message(&PolicyRule {
             priority: 5110,
             dst: "10.244.0.0/16".parse().unwrap(),
-            table: 254,
+            action: plan::RuleAction::Goto(plan::PRIO_ANCHOR),
         });
         // As the kernel reports it: unset suppressors as -1.
         m.attributes
@@ -464,13 +485,51 @@ mod tests {
         let mut m = rule_message(&PolicyRule {
             priority: 5100,
             dst: "10.0.0.0/8".parse().unwrap(),
-            table: 254,
+            action: plan::RuleAction::Lookup(254),
         });
         m.header.action = RuleAction::Unspec;
         assert!(
             observed_rule(&m).unwrap().foreign_shape,
-            "a rule without ToTable"
+            "a rule without an action"
         );
+        m.header.action = RuleAction::Goto;
+        assert!(
+            observed_rule(&m).unwrap().foreign_shape,
+            "a goto without a target"
+        );
+        // The kernel reports a table (0) on every rule, and flags an unresolved goto.
+        for r in [
+            PolicyRule {
+                priority: plan::PRIO_ANCHOR,
+                dst: Cidr::ANY_V6,
+                action: plan::RuleAction::Nop,
+            },
+            PolicyRule {
+                priority: 5120,
+                dst: "10.96.0.0/12".parse().unwrap(),
+                action: plan::RuleAction::Goto(plan::PRIO_ANCHOR),
+            },
+            PolicyRule {
+                priority: 5120,
+                dst: "10.96.0.0/12".parse().unwrap(),
+                action: plan::RuleAction::Lookup(254),
+            },
+        ] {
+            let mut m = rule_message(&r);
+            m.attributes.push(RuleAttribute::Table(
+                if let plan::RuleAction::Lookup(t) = r.action {
+                    t
+                } else {
+                    0
+                },
+            ));
+            m.header.flags |= RuleFlags::Unresolved;
+            let o = observed_rule(&m).unwrap();
+            assert_eq!(o.rule, r);
+            assert!(!o.foreign_shape, "{r}");
+            m.header.flags |= RuleFlags::Invert;
+            assert!(observed_rule(&m).unwrap().foreign_shape, "not to {r}");
+        }
     }
 }
 
@@ -498,8 +557,7 @@ pub mod fake {
             Ok(self.rules.clone())
         }
         fn add_rule(&mut self, r: &PolicyRule) -> Result<(), NlError> {
-            self.calls
-                .push(format!("add rule {} {}", r.priority, r.dst));
+            self.calls.push(format!("add rule {r}"));
             self.rules.push(ObservedRule {
                 rule: r.clone(),
                 protocol: RT_PROTO,
@@ -508,8 +566,7 @@ pub mod fake {
             Ok(())
         }
         fn del_rule(&mut self, r: &PolicyRule) -> Result<(), NlError> {
-            self.calls
-                .push(format!("del rule {} {}", r.priority, r.dst));
+            self.calls.push(format!("del rule {r}"));
             // Like the kernel: the first rule that matches, protocol included.
             if let Some(i) = self
                 .rules

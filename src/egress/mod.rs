@@ -71,6 +71,9 @@ pub struct EgressHealth {
     /// Passes that had to change something (first install included).
     pub repairs: u64,
     pub tailscaled_generation: u64,
+    /// The node's addresses (host network namespace), in the kernel's order: what the
+    /// health listener binds to follows them.
+    pub node_addrs: Vec<std::net::IpAddr>,
 }
 
 impl Default for EgressHealth {
@@ -82,6 +85,7 @@ impl Default for EgressHealth {
             last_error: None,
             repairs: 0,
             tailscaled_generation: 0,
+            node_addrs: Vec::new(),
         }
     }
 }
@@ -263,12 +267,23 @@ impl Egress {
         if pod_path != prev.pod_path {
             match &pod_path {
                 PodPath::Ok { via } => info!(via = %via, "pod path to the tailnet ok"),
-                PodPath::Problem(p) => warn!(problem = %p, "pod path to the tailnet broken"),
+                PodPath::Problem(p) | PodPath::Unconfigured(p) => {
+                    warn!(problem = %p, "pod path to the tailnet broken")
+                }
+                PodPath::NoPods(why) => {
+                    info!(why = %why, "pod path unverified: no pods on this node yet")
+                }
                 PodPath::Unknown(why) => debug!(why = %why, "pod path not checked"),
             }
         }
         h.identity = identity;
         h.pod_path = pod_path;
+        // Addresses only change with an address notification (a full pass included).
+        if dirty.any(Dirty::ADDRS)
+            && let Ok(a) = k.addrs()
+        {
+            h.node_addrs = guard::addrs_of(&a);
+        }
         debug!(
             rules = parts.rules,
             nft = parts.nft,

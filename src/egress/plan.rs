@@ -2,8 +2,9 @@
 //! kernel there. Pure: no I/O, unit-tested without root.
 //!
 //! Owned objects:
-//! - policy rules `to <CIDR> lookup main` with protocol [`RT_PROTO`] at [`PRIO_LAB`],
-//!   [`PRIO_POD`], [`PRIO_SERVICE`] (all below tailscale's 5210);
+//! - policy rules `to <CIDR> goto` [`PRIO_ANCHOR`] with protocol [`RT_PROTO`] at
+//!   [`PRIO_LAB`], [`PRIO_POD`], [`PRIO_SERVICE`] (the guards, below tailscale's 5210), and
+//!   per address family a `nop` rule at [`PRIO_ANCHOR`] (the anchor they jump to);
 //! - the nftables table `inet tsbridge` ([`NFT_TABLE`]) with the chains
 //!   [`CHAIN_POSTROUTING`] (nat, masquerade) and [`CHAIN_FORWARD`] (MSS clamp).
 
@@ -15,11 +16,19 @@ use crate::net::Cidr;
 /// tsbridge's rtnetlink protocol number on every rule it installs. Unassigned in
 /// iproute2's `rt_protos` (and not Talos's `static`), so both sides can tell whose is whose.
 pub const RT_PROTO: u8 = 116;
-/// Guard priorities: below tailscale's first rule (5210), so a route in table 52 (accepted
-/// subnet routes, exit node) is never consulted for these destinations.
+/// Guard priorities: below tailscale's first rule (5210). A guard jumps over tailscale's
+/// rules to the anchor, so table 52 (accepted subnet routes, an exit node) is never
+/// consulted for these destinations, while every later rule (KubeSpan's `fwmark 0x40/0x60
+/// lookup 180` at 32500, `main` at 32766) still is. A `lookup main` guard would skip those
+/// later rules, and where `main` has no route the kernel would go on to table 52.
 pub const PRIO_LAB: u32 = 5100;
 pub const PRIO_POD: u32 = 5110;
 pub const PRIO_SERVICE: u32 = 5120;
+/// The anchor the guards jump to: the first priority after tailscale's range. tailscaled
+/// installs its rules at 5200 + 10/30/50/70 and treats 5200-5299 as its own
+/// (`ipPolicyPrefBase` and `onIPRuleDeleted` in wgengine/router/osrouter/router_linux.go),
+/// so nothing of tailscale's is skipped-to and our anchor never wakes its rule restorer.
+pub const PRIO_ANCHOR: u32 = 5300;
 /// The `main` routing table.
 pub const TABLE_MAIN: u32 = 254;
 
@@ -52,13 +61,54 @@ impl EgressConfig {
     }
 }
 
-/// A policy rule `to <dst> lookup <table>` at `priority`, always with an explicit
-/// `FR_ACT_TO_TBL` action (a rule without it breaks every lookup).
+/// What a policy rule does when it matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RuleAction {
+    /// `lookup TABLE` (tsbridge's guards before the anchor; kept to recognise them).
+    Lookup(u32),
+    /// `goto PRIORITY`: go on at the rule with that priority. A goto whose target does not
+    /// exist is skipped by the kernel, so the anchor goes in first and out last.
+    Goto(u32),
+    /// `nop`: matches and goes on with the next rule.
+    Nop,
+    /// An action tsbridge never sets (seen in a dump only).
+    Other(u8),
+}
+
+/// A policy rule `to <dst> <action>` at `priority`. `dst` with prefix length 0 means every
+/// destination of its address family.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PolicyRule {
     pub priority: u32,
     pub dst: Cidr,
-    pub table: u32,
+    pub action: RuleAction,
+}
+
+impl PolicyRule {
+    fn is_anchor(&self) -> bool {
+        self.action == RuleAction::Nop
+    }
+}
+
+impl std::fmt::Display for PolicyRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:", self.priority)?;
+        if self.dst.prefix_len() == 0 {
+            f.write_str(if self.dst.is_ipv4() {
+                " (IPv4)"
+            } else {
+                " (IPv6)"
+            })?;
+        } else {
+            write!(f, " to {}", self.dst)?;
+        }
+        match self.action {
+            RuleAction::Lookup(t) => write!(f, " lookup {t}"),
+            RuleAction::Goto(p) => write!(f, " goto {p}"),
+            RuleAction::Nop => f.write_str(" nop"),
+            RuleAction::Other(a) => write!(f, " action {a}"),
+        }
+    }
 }
 
 /// A policy rule as the kernel reports it, reduced to what matters for ownership.
@@ -154,7 +204,7 @@ pub struct Desired {
 /// purpose: the guards and the masquerade (which matches the TUN by name) are right before
 /// tailscale0 exists and across tailscaled restarts, so there is no window without them.
 pub fn desired(cfg: &EgressConfig) -> Desired {
-    let mut rules = Vec::new();
+    let mut guards: Vec<PolicyRule> = Vec::new();
     for (cidrs, prio) in [
         (&cfg.lab_subnets, PRIO_LAB),
         (&cfg.pod_cidrs, PRIO_POD),
@@ -164,13 +214,24 @@ pub fn desired(cfg: &EgressConfig) -> Desired {
             let r = PolicyRule {
                 priority: prio,
                 dst: *c,
-                table: TABLE_MAIN,
+                action: RuleAction::Goto(PRIO_ANCHOR),
             };
-            if !rules.contains(&r) {
-                rules.push(r);
+            if !guards.contains(&r) {
+                guards.push(r);
             }
         }
     }
+    // Anchors first: the kernel applies `rules` in this order.
+    let mut rules: Vec<PolicyRule> = [Cidr::ANY_V4, Cidr::ANY_V6]
+        .into_iter()
+        .filter(|any| guards.iter().any(|g| g.dst.is_ipv4() == any.is_ipv4()))
+        .map(|dst| PolicyRule {
+            priority: PRIO_ANCHOR,
+            dst,
+            action: RuleAction::Nop,
+        })
+        .collect();
+    rules.extend(guards);
     let mut chains = Vec::new();
     if cfg.snat {
         chains.push(ChainSpec {
@@ -231,8 +292,11 @@ pub enum NftOp {
     DelRule { chain: String, handle: u64 },
 }
 
-/// The changes from `observed` to `desired`; empty when they agree. All nft ops go to the
-/// kernel as one atomic batch.
+/// The changes from `observed` to `desired`; empty when they agree. Rules are added (in
+/// order: anchors before the guards that jump to them) before any is deleted, so a guard
+/// being replaced (an upgrade from `lookup main` guards) never leaves its destination
+/// unguarded; deletions go guards first, anchors last. All nft ops go to the kernel as one
+/// atomic batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     pub del_rules: Vec<PolicyRule>,
@@ -261,6 +325,7 @@ pub fn diff_rules(
             del.push(o.rule.clone());
         }
     }
+    anchors_last(&mut del);
     let add = desired
         .iter()
         .filter(|d| {
@@ -361,12 +426,14 @@ pub fn diff(desired: &Desired, rules: &[ObservedRule], nft: &ObservedNft) -> Cha
 
 /// What to remove on shutdown: every rule with our protocol, and our table.
 pub fn teardown(rules: &[ObservedRule], nft: &ObservedNft) -> Changes {
+    let mut del_rules: Vec<PolicyRule> = rules
+        .iter()
+        .filter(|o| o.protocol == RT_PROTO)
+        .map(|o| o.rule.clone())
+        .collect();
+    anchors_last(&mut del_rules);
     Changes {
-        del_rules: rules
-            .iter()
-            .filter(|o| o.protocol == RT_PROTO)
-            .map(|o| o.rule.clone())
-            .collect(),
+        del_rules,
         add_rules: Vec::new(),
         nft: if nft.is_some() {
             vec![NftOp::DelTable]
@@ -374,6 +441,11 @@ pub fn teardown(rules: &[ObservedRule], nft: &ObservedNft) -> Changes {
             Vec::new()
         },
     }
+}
+
+/// While a guard exists its anchor must too (a goto without its target is skipped).
+fn anchors_last(rules: &mut [PolicyRule]) {
+    rules.sort_by_key(PolicyRule::is_anchor);
 }
 
 /// True when `ip` is a tailnet address (100.64.0.0/10 or fd7a:115c:a1e0::/48).
@@ -451,27 +523,96 @@ mod tests {
     }
 
     #[test]
-    fn guards_cover_lab_pod_and_service_cidrs_below_tailscale() {
+    fn guards_jump_over_tailscale_to_an_anchor_per_family() {
         let d = desired(&cfg());
-        let got: Vec<(u32, String)> = d
-            .rules
-            .iter()
-            .map(|r| (r.priority, r.dst.to_string()))
-            .collect();
+        let got: Vec<String> = d.rules.iter().map(ToString::to_string).collect();
         assert_eq!(
             got,
             [
-                (5100, "192.168.50.0/24".to_owned()),
-                (5110, "10.244.0.0/16".to_owned()),
-                (5110, "fd00:10:244::/56".to_owned()),
-                (5120, "10.96.0.0/12".to_owned()),
+                "5300: (IPv4) nop",
+                "5300: (IPv6) nop",
+                "5100: to 192.168.50.0/24 goto 5300",
+                "5110: to 10.244.0.0/16 goto 5300",
+                "5110: to fd00:10:244::/56 goto 5300",
+                "5120: to 10.96.0.0/12 goto 5300",
             ]
         );
+        // Guards before tailscale's first rule (5210), anchor after its range (5200-5299).
+        for r in &d.rules {
+            match r.action {
+                RuleAction::Goto(t) => assert!(r.priority < 5210 && t == PRIO_ANCHOR && t >= 5300),
+                RuleAction::Nop => assert_eq!(r.priority, PRIO_ANCHOR),
+                other => panic!("unexpected action {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_ipv4_only_configuration_has_no_ipv6_anchor() {
+        let mut k = cfg();
+        k.pod_cidrs.truncate(1);
+        let anchors: Vec<_> = desired(&k)
+            .rules
+            .into_iter()
+            .filter(|r| r.action == RuleAction::Nop)
+            .collect();
+        assert_eq!(anchors.len(), 1);
+        assert!(anchors[0].dst.is_ipv4() && anchors[0].dst.prefix_len() == 0);
+    }
+
+    #[test]
+    fn upgrade_replaces_lookup_main_guards_adding_before_deleting() {
+        let d = desired(&cfg());
+        // What tsbridge before the goto guards left in the kernel.
+        let old: Vec<ObservedRule> = [
+            (PRIO_LAB, "192.168.50.0/24"),
+            (PRIO_POD, "10.244.0.0/16"),
+            (PRIO_POD, "fd00:10:244::/56"),
+            (PRIO_SERVICE, "10.96.0.0/12"),
+        ]
+        .into_iter()
+        .map(|(priority, dst)| {
+            ours(&PolicyRule {
+                priority,
+                dst: c(dst),
+                action: RuleAction::Lookup(TABLE_MAIN),
+            })
+        })
+        .collect();
+        let (del, add) = diff_rules(&d.rules, &old);
+        assert_eq!(add, d.rules, "the whole new shape, anchors first");
+        assert_eq!(del.len(), 4);
         assert!(
-            d.rules
-                .iter()
-                .all(|r| r.priority < 5210 && r.table == TABLE_MAIN)
+            del.iter()
+                .all(|r| r.action == RuleAction::Lookup(TABLE_MAIN))
         );
+        // Once both are there, only the old ones go; then nothing is left to do.
+        let mut both = old.clone();
+        both.extend(d.rules.iter().map(ours));
+        let (del2, add2) = diff_rules(&d.rules, &both);
+        assert_eq!(del2, del);
+        assert!(add2.is_empty());
+        let new: Vec<_> = d.rules.iter().map(ours).collect();
+        assert_eq!(diff_rules(&d.rules, &new), (vec![], vec![]));
+    }
+
+    #[test]
+    fn anchors_are_deleted_after_every_guard() {
+        let d = desired(&cfg());
+        let obs: Vec<_> = d.rules.iter().map(ours).collect();
+        let t = teardown(&obs, &None);
+        assert_eq!(t.del_rules.len(), 6);
+        assert!(t.del_rules[..4].iter().all(|r| !r.is_anchor()));
+        assert!(t.del_rules[4..].iter().all(PolicyRule::is_anchor));
+        let mut k = cfg();
+        k.lab_subnets.clear();
+        k.pod_cidrs.clear();
+        k.service_cidrs.clear();
+        // Nothing to guard: everything of ours goes, the anchors last.
+        let (del, add) = diff_rules(&desired(&k).rules, &obs);
+        assert!(add.is_empty());
+        assert_eq!(del.len(), 6);
+        assert!(del[4..].iter().all(PolicyRule::is_anchor));
     }
 
     #[test]
@@ -507,7 +648,7 @@ mod tests {
         k.mss_clamp = false;
         assert_eq!(desired(&k).chains, None);
         // The guards stay: they are about the node's identity, not about SNAT.
-        assert_eq!(desired(&k).rules.len(), 4);
+        assert_eq!(desired(&k).rules.len(), 6);
     }
 
     #[test]
@@ -515,7 +656,7 @@ mod tests {
         let mut k = cfg();
         k.lab_subnets.clear();
         assert!(desired(&k).rules.iter().all(|r| r.priority != PRIO_LAB));
-        assert_eq!(desired(&k).rules.len(), 3);
+        assert_eq!(desired(&k).rules.len(), 5);
     }
 
     #[test]
@@ -545,7 +686,7 @@ mod tests {
                 rule: PolicyRule {
                     priority: prio,
                     dst: c("0.0.0.0/0"),
-                    table: 52,
+                    action: RuleAction::Lookup(52),
                 },
                 protocol: proto,
                 foreign_shape: true,
@@ -554,44 +695,63 @@ mod tests {
         // Even a foreign rule identical to a guard is not ours to delete.
         obs.push(ObservedRule {
             protocol: 4,
-            ..ours(&d.rules[0])
+            ..ours(&d.rules[2])
         });
         let (del, add) = diff_rules(&d.rules, &obs);
         assert!(del.is_empty() && add.is_empty());
         let t = teardown(&obs, &None);
-        assert_eq!(t.del_rules, d.rules, "teardown removes exactly ours");
+        let mut want = d.rules[2..].to_vec();
+        want.extend_from_slice(&d.rules[..2]);
+        assert_eq!(t.del_rules, want, "teardown removes exactly ours");
     }
 
     #[test]
     fn stale_duplicate_and_misshapen_rules_of_ours_go() {
         let d = desired(&cfg());
         let mut obs: Vec<_> = d.rules.iter().map(ours).collect();
-        obs.push(ours(&d.rules[1])); // a duplicate (e.g. two instances raced)
+        obs.push(ours(&d.rules[3])); // a duplicate (e.g. two instances raced)
+        obs.push(ours(&d.rules[0])); // a duplicate anchor
         let stale = PolicyRule {
             priority: PRIO_POD,
             dst: c("10.250.0.0/16"),
-            table: TABLE_MAIN,
+            action: RuleAction::Goto(PRIO_ANCHOR),
         };
         obs.push(ours(&stale)); // a pod CIDR removed from the config
         obs.push(ObservedRule {
             foreign_shape: true,
-            ..ours(&d.rules[2])
+            ..ours(&d.rules[4])
         });
         let (del, add) = diff_rules(&d.rules, &obs);
-        assert_eq!(del, vec![d.rules[1].clone(), stale, d.rules[2].clone()]);
+        assert_eq!(
+            del,
+            vec![
+                d.rules[3].clone(),
+                stale,
+                d.rules[4].clone(),
+                d.rules[0].clone()
+            ]
+        );
         assert!(
             add.is_empty(),
-            "the well-formed copy of rules[2] remains: {add:?}"
+            "the well-formed copy of rules[4] remains: {add:?}"
         );
     }
 
     #[test]
     fn a_deleted_rule_is_restored_alone() {
         let d = desired(&cfg());
-        let obs: Vec<_> = d.rules.iter().skip(1).map(ours).collect();
-        let (del, add) = diff_rules(&d.rules, &obs);
-        assert!(del.is_empty());
-        assert_eq!(add, vec![d.rules[0].clone()]);
+        for gone in [0, 3] {
+            let obs: Vec<_> = d
+                .rules
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != gone)
+                .map(|(_, r)| ours(r))
+                .collect();
+            let (del, add) = diff_rules(&d.rules, &obs);
+            assert!(del.is_empty());
+            assert_eq!(add, vec![d.rules[gone].clone()]);
+        }
     }
 
     #[test]

@@ -30,8 +30,8 @@ pub fn reconcile(k: &mut dyn Kernel, desired: &Desired) -> Result<Changes, NlErr
     reconcile_parts(k, desired, Parts::ALL)
 }
 
-/// A pass over some parts only: the others are neither dumped nor touched. Rule
-/// deletions go first so a stale duplicate never blocks the add of its replacement.
+/// A pass over some parts only: the others are neither dumped nor touched. Rules are
+/// added before any is deleted (see [`Changes`] for why and in which order).
 pub fn reconcile_parts(
     k: &mut dyn Kernel,
     desired: &Desired,
@@ -60,11 +60,11 @@ pub fn teardown(k: &mut dyn Kernel) -> Result<Changes, NlError> {
 }
 
 fn apply(k: &mut dyn Kernel, ch: &Changes) -> Result<(), NlError> {
-    for r in &ch.del_rules {
-        k.del_rule(r)?;
-    }
     for r in &ch.add_rules {
         k.add_rule(r)?;
+    }
+    for r in &ch.del_rules {
+        k.del_rule(r)?;
     }
     if !ch.nft.is_empty() {
         k.apply_nft(&ch.nft)?;
@@ -99,7 +99,7 @@ mod tests {
                 rule: PolicyRule {
                     priority: p,
                     dst: "0.0.0.0/0".parse().unwrap(),
-                    table: 52,
+                    action: RuleAction::Lookup(52),
                 },
                 protocol: 0,
                 foreign_shape: true,
@@ -115,8 +115,8 @@ mod tests {
             ..Default::default()
         };
         let ch = reconcile(&mut k, &d).unwrap();
-        assert_eq!(ch.add_rules.len(), 4);
-        assert_eq!(k.calls.len(), 5, "{:?}", k.calls);
+        assert_eq!(ch.add_rules.len(), 6);
+        assert_eq!(k.calls.len(), 7, "{:?}", k.calls);
         k.calls.clear();
         let ch = reconcile(&mut k, &d).unwrap();
         assert!(ch.is_empty());
@@ -125,6 +125,57 @@ mod tests {
             "no kernel writes when in sync: {:?}",
             k.calls
         );
+    }
+
+    #[test]
+    fn upgrade_from_lookup_main_guards_adds_the_new_shape_before_removing_the_old() {
+        let d = desired(&cfg());
+        let old: Vec<ObservedRule> = d
+            .rules
+            .iter()
+            .filter(|r| matches!(r.action, RuleAction::Goto(_)))
+            .map(|r| ObservedRule {
+                rule: PolicyRule {
+                    action: RuleAction::Lookup(TABLE_MAIN),
+                    ..r.clone()
+                },
+                protocol: RT_PROTO,
+                foreign_shape: false,
+            })
+            .collect();
+        let mut k = FakeKernel {
+            rules: tailscale_rules().into_iter().chain(old).collect(),
+            ..Default::default()
+        };
+        reconcile(&mut k, &d).unwrap();
+        let rule_calls: Vec<&str> = k
+            .calls
+            .iter()
+            .filter(|c| c.contains(" rule "))
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            rule_calls,
+            [
+                "add rule 5300: (IPv4) nop",
+                "add rule 5300: (IPv6) nop",
+                "add rule 5100: to 192.168.50.0/24 goto 5300",
+                "add rule 5110: to 10.244.0.0/16 goto 5300",
+                "add rule 5110: to fd00:10:244::/56 goto 5300",
+                "add rule 5120: to 10.96.0.0/12 goto 5300",
+                "del rule 5100: to 192.168.50.0/24 lookup 254",
+                "del rule 5110: to 10.244.0.0/16 lookup 254",
+                "del rule 5110: to fd00:10:244::/56 lookup 254",
+                "del rule 5120: to 10.96.0.0/12 lookup 254",
+            ]
+        );
+        let mut want = tailscale_rules();
+        want.extend(d.rules.iter().map(|r| ObservedRule {
+            rule: r.clone(),
+            protocol: RT_PROTO,
+            foreign_shape: false,
+        }));
+        assert_eq!(k.rules, want);
     }
 
     #[test]
@@ -153,7 +204,7 @@ mod tests {
         k.calls.clear();
         reconcile(&mut k, &d).unwrap();
         assert_eq!(k.calls.len(), 2, "{:?}", k.calls);
-        assert_eq!(k.rules.len(), 4);
+        assert_eq!(k.rules.len(), 6);
         let tags = |n: &ObservedNft| -> Vec<Option<String>> {
             n.as_ref()
                 .unwrap()
@@ -198,7 +249,7 @@ mod tests {
         let ch = reconcile_parts(&mut k, &d, only_nft).unwrap();
         assert!(ch.add_rules.is_empty() && !ch.nft.is_empty());
         assert_eq!(k.calls, ["nft batch of 7"]);
-        assert_eq!(k.rules.len(), 3, "rules were not looked at");
+        assert_eq!(k.rules.len(), d.rules.len() - 1, "rules were not looked at");
         let only_rules = Parts {
             rules: true,
             nft: false,
@@ -229,6 +280,6 @@ mod tests {
         k.fail_nft = false;
         reconcile(&mut k, &d).unwrap();
         assert!(k.nft.is_some());
-        assert_eq!(k.rules.len(), 4, "rules are not duplicated by the retry");
+        assert_eq!(k.rules.len(), 6, "rules are not duplicated by the retry");
     }
 }

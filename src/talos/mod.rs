@@ -10,6 +10,7 @@
 //! their own unit (`coredns.rs`).
 
 mod coredns;
+pub mod machine_config;
 mod yaml;
 
 use std::ffi::OsString;
@@ -101,7 +102,7 @@ impl PatchOptions {
             control_plane: false,
             lab_subnets,
             pod_cidrs: parse_default(config::DEFAULT_POD_CIDRS),
-            service_cidrs: parse_default(config::DEFAULT_SERVICE_CIDRS),
+            service_cidrs: default_service_cidrs(),
             tags: Vec::new(),
             hostname: None,
             login_server: None,
@@ -110,6 +111,11 @@ impl PatchOptions {
             auth_key: None,
         }
     }
+}
+
+/// The service CIDRs `tsbridge run` assumes when TSBRIDGE_SERVICE_CIDRS is unset.
+pub fn default_service_cidrs() -> Vec<Cidr> {
+    parse_default(config::DEFAULT_SERVICE_CIDRS)
 }
 
 fn parse_default(list: &str) -> Vec<Cidr> {
@@ -146,6 +152,10 @@ pub enum PatchError {
     Image(String),
     #[error("--service-cidr {0}: too small to hold the cluster DNS address (its 10th address)")]
     ServiceCidrTooSmall(Cidr),
+    #[error(
+        "--service-cidr: at least one service CIDR is needed (the cluster DNS is its 10th address)"
+    )]
+    NoServiceCidr,
     #[error("the auth key is empty or contains whitespace or quotes")]
     AuthKey,
     #[error("the generated ExtensionServiceConfig would be rejected by `tsbridge run`:\n  {0}")]
@@ -230,15 +240,7 @@ fn validate(o: &PatchOptions) -> Result<(), PatchError> {
         }
     }
     if let Some(c) = &o.coredns {
-        if !valid_dns_name(&c.tailnet) {
-            return Err(PatchError::Tailnet(c.tailnet.clone()));
-        }
-        if !valid_dns_name(&c.cluster_domain) {
-            return Err(PatchError::ClusterDomain(c.cluster_domain.clone()));
-        }
-        if !plain_token(&c.image) {
-            return Err(PatchError::Image(c.image.clone()));
-        }
+        validate_coredns(c)?;
     }
     if let Some(k) = &o.auth_key {
         let k = k.expose();
@@ -249,10 +251,42 @@ fn validate(o: &PatchOptions) -> Result<(), PatchError> {
             return Err(PatchError::AuthKey);
         }
     }
-    for s in &o.service_cidrs {
-        cluster_dns(s)?;
+    cluster_dns_addrs(&o.service_cidrs)?;
+    Ok(())
+}
+
+fn validate_coredns(c: &CoreDns) -> Result<(), PatchError> {
+    if !valid_dns_name(&c.tailnet) {
+        return Err(PatchError::Tailnet(c.tailnet.clone()));
+    }
+    if !valid_dns_name(&c.cluster_domain) {
+        return Err(PatchError::ClusterDomain(c.cluster_domain.clone()));
+    }
+    if !plain_token(&c.image) {
+        return Err(PatchError::Image(c.image.clone()));
     }
     Ok(())
+}
+
+/// The cluster DNS address of every service CIDR, as text, in order.
+fn cluster_dns_addrs(service_cidrs: &[Cidr]) -> Result<Vec<String>, PatchError> {
+    if service_cidrs.is_empty() {
+        return Err(PatchError::NoServiceCidr);
+    }
+    service_cidrs
+        .iter()
+        .map(|s| cluster_dns(s).map(|ip| ip.to_string()))
+        .collect()
+}
+
+/// The CoreDNS objects alone, byte for byte the content of the `tsbridge-coredns` inline
+/// manifest that [`render`] puts into a control plane's patch: Talos creates missing objects
+/// but never updates existing ones, so a running cluster needs them applied with `kubectl`
+/// (see the README).
+pub fn render_coredns_manifests(c: &CoreDns, service_cidrs: &[Cidr]) -> Result<String, PatchError> {
+    validate_coredns(c)?;
+    let dns = cluster_dns_addrs(service_cidrs)?;
+    Ok(coredns_manifest(c, service_cidrs, &dns))
 }
 
 /// The `TS_EXTRA_ARGS` value: tags, `--accept-routes=false` (the node must not route the
@@ -313,11 +347,7 @@ pub fn render(o: &PatchOptions) -> Result<String, PatchError> {
     let env = environment(o);
     check_env(&env)?;
     let subnets = valid_subnets(&o.lab_subnets);
-    let dns: Vec<String> = o
-        .service_cidrs
-        .iter()
-        .map(|s| cluster_dns(s).map(|ip| ip.to_string()))
-        .collect::<Result<_, _>>()?;
+    let dns = cluster_dns_addrs(&o.service_cidrs)?;
     let role = if o.control_plane {
         "control plane"
     } else {
@@ -549,6 +579,58 @@ mod tests {
         assert!(out.contains("---\napiVersion: v1alpha1\nkind: KubeInlineManifestConfig\nname: tsbridge-coredns\nmanifest: |\n  apiVersion: v1\n  kind: ServiceAccount\n"));
         assert!(!out.contains("coreDNS:"));
         assert_eq!(out.matches("\n---\n").count(), 5);
+    }
+
+    /// The body of the literal block that follows `header` in `patch`, de-indented.
+    fn inline_block(patch: &str, header: &str, indent: usize) -> String {
+        let start = patch.find(header).expect("block header") + header.len();
+        let mut out = String::new();
+        for line in patch[start..].lines() {
+            if line.is_empty() {
+                out.push('\n');
+            } else if let Some(l) = line.strip_prefix(&" ".repeat(indent)) {
+                out.push_str(l);
+                out.push('\n');
+            } else {
+                break;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn coredns_manifests_are_the_inline_manifest_byte_for_byte() {
+        for (version, header, indent) in [
+            ("1.13", "      contents: |\n", 8),
+            ("1.14", "manifest: |\n", 2),
+        ] {
+            for services in [
+                vec![cidr("10.96.0.0/12")],
+                vec![cidr("10.96.0.0/12"), cidr("fd00:10:96::/112")],
+            ] {
+                let mut o = opts(version);
+                o.control_plane = true;
+                o.service_cidrs = services.clone();
+                o.coredns = Some(coredns());
+                let patch = render(&o).unwrap();
+                let alone = render_coredns_manifests(&coredns(), &services).unwrap();
+                assert_eq!(inline_block(&patch, header, indent), alone, "{version}");
+                assert!(alone.starts_with("apiVersion: v1\nkind: ServiceAccount\n"));
+                assert_eq!(alone.matches("\n---\n").count(), 5, "six objects");
+            }
+        }
+        let bad = CoreDns {
+            tailnet: "not a suffix".into(),
+            ..coredns()
+        };
+        assert!(matches!(
+            render_coredns_manifests(&bad, &[cidr("10.96.0.0/12")]),
+            Err(PatchError::Tailnet(_))
+        ));
+        assert_eq!(
+            render_coredns_manifests(&coredns(), &[]),
+            Err(PatchError::NoServiceCidr)
+        );
     }
 
     #[test]

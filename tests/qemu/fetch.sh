@@ -6,7 +6,7 @@
 . "$(dirname "$0")/../../scripts/lib.sh"
 
 QCACHE="$CACHE/qemu"
-DEBS="$QCACHE/debs"
+DEBS="$SHARED_CACHE/qemu/debs"
 mkdir -p "$DEBS"
 
 # deb_file PKG VERSION: the file name apt-get download gives (':' in the epoch is %3a).

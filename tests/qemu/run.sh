@@ -19,6 +19,7 @@ tests/qemu/fetch.sh
 "$ROOT/scripts/tools.sh" >/dev/null
 
 mkdir -p "$OUT"
+go_pin tests/qemu/runner/go.mod github.com/siderolabs/talos/pkg/machinery "$TALOS_MACHINERY_VERSION"
 log "testing and building the Talos-like service runner"
 (cd tests/qemu/runner && go test ./... >/dev/null) || die "tests/qemu/runner: go test failed (run it there to see why)"
 (cd tests/qemu/runner && go build -ldflags="-s -w" -o "$ROOT/$OUT/talos-runner" .) || die "building tests/qemu/runner failed"

@@ -1,6 +1,6 @@
-//go:build !talos114
+//go:build talos113
 
-// The accessors of pkg/machinery up to v1.13 (the version go.mod pins).
+// pkg/machinery v1.13.9 (go.v113.mod): the v1alpha1 accessors of Talos 1.7 to 1.13.
 package talos
 
 import (

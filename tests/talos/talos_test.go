@@ -6,8 +6,15 @@
 //     services.Spec.Validate(); the manifest version has a form the upstream
 //     extensions-validator accepts;
 //   - every `tsbridge patch` output loads with the machinery config patch loader, applies to
-//     a generated base config, and the result validates for a metal node; the CoreDNS
-//     objects decode strictly with the Kubernetes API types.
+//     a generated base config, loads again with the config loader (as machined reads its
+//     config), and the result validates for a metal node; the CoreDNS objects decode
+//     strictly with the Kubernetes API types.
+//
+// Two pins of pkg/machinery, one package: go.mod pins v1.14.1 (Talos 1.14: the Kubernetes
+// config documents, check_v114_test.go) and go.v113.mod pins v1.13.9, the last release
+// with the v1alpha1 schema only (Talos 1.7 to 1.13, check_v113_test.go; run with
+// `-modfile=go.v113.mod -tags talos113`). Both check the extension and the v1alpha1 patch;
+// scripts/test-talos.sh runs both.
 //
 // Inputs (both required; the test fails without them, it never skips):
 //
@@ -30,6 +37,7 @@ import (
 	"github.com/blang/semver/v4"
 	"github.com/siderolabs/talos/pkg/machinery/config"
 	coreconfig "github.com/siderolabs/talos/pkg/machinery/config/config"
+	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
 	"github.com/siderolabs/talos/pkg/machinery/config/configpatcher"
 	"github.com/siderolabs/talos/pkg/machinery/config/generate"
 	"github.com/siderolabs/talos/pkg/machinery/config/generate/secrets"
@@ -197,6 +205,14 @@ func checkSpec(t *testing.T, rootfs, path string, spec *services.Spec) {
 		mounts[m.Destination] = m.Options
 	}
 
+	// Talos's containerd runner mounts the node's /etc/hosts and /etc/resolv.conf into every
+	// service container; the spec's own would only stack on top of them.
+	for _, dst := range []string{"/etc/hosts", "/etc/resolv.conf"} {
+		if _, ok := mounts[dst]; ok {
+			t.Errorf("mount %s: Talos mounts it already", dst)
+		}
+	}
+
 	for dst, opt := range map[string]string{
 		"/dev/net/tun":       "rw",
 		"/var/lib/tailscale": "rw",
@@ -225,6 +241,8 @@ func checkSpec(t *testing.T, rootfs, path string, spec *services.Spec) {
 
 	slices.Sort(deps)
 
+	// service:cri orders the service after /var is mounted and stops it before /var is
+	// unmounted (see the spec).
 	wantDeps := []string{"configuration", "network:addresses", "network:connectivity", "network:etcfiles", "network:hostname", "service:cri"}
 	if !slices.Equal(deps, wantDeps) {
 		t.Errorf("depends %v, want %v", deps, wantDeps)
@@ -350,62 +368,77 @@ func baseConfig(t *testing.T, talos string, cp bool) config.Provider {
 	return cfg
 }
 
-// v1alpha1 generation (Talos < 1.14): loaded, applied and validated by Talos's code, both
-// on a base generated as Talos 1.7 (the lowest supported) and 1.13 would.
+// v1alpha1 generation (Talos < 1.14) on a base generated as Talos 1.7 (the lowest
+// supported) and 1.13 would: with machinery v1.13.9 as those Talos versions read it, with
+// v1.14.1 as a cluster upgraded to 1.14 reads it (it keeps its v1alpha1 config).
 func TestPatchV1Alpha1(t *testing.T) {
 	for _, base := range []string{"v1.7.0", "v1.13.0"} {
 		for _, c := range cases("1.13") {
 			t.Run(base+"/"+c.String(), func(t *testing.T) {
-				out := runPatch(t, c)
-
-				patch, err := configpatcher.LoadPatch(out)
-				if err != nil {
-					t.Fatalf("configpatcher.LoadPatch: %v\n%s", err, out)
-				}
-
-				baseCfg := baseConfig(t, base, c.controlPlane)
-				if _, err := baseCfg.Validate(metal{}, validation.WithStrict()); err != nil {
-					t.Fatalf("the generated base config is invalid by itself: %v", err)
-				}
-
-				res, err := configpatcher.Apply(configpatcher.WithConfig(baseCfg), []configpatcher.Patch{patch})
-				if err != nil {
-					t.Fatalf("configpatcher.Apply: %v", err)
-				}
-
-				cfg, err := res.Config()
-				if err != nil {
-					t.Fatal(err)
-				}
-
-				if warnings, err := cfg.Validate(metal{}, validation.WithStrict()); err != nil {
-					t.Fatalf("patched config is invalid for a metal node: %v (warnings %v)", err, warnings)
-				}
-
-				checkPatched(t, c, cfg)
-
-				// Applying the patch a second time (`talosctl patch mc` again): Talos appends
-				// list entries, so the subnet lists repeat (harmless: same filter), and the
-				// v1alpha1 inline manifest would be a duplicate, which Talos refuses (it
-				// cannot be deleted-and-added in one patch: deleting a missing entry fails).
-				// The README says to change an applied patch with `talosctl edit mc`.
-				again, err := configpatcher.Apply(configpatcher.WithConfig(cfg), []configpatcher.Patch{patch})
-				if err != nil {
-					t.Fatalf("configpatcher.Apply (second time): %v", err)
-				}
-
-				cfg2, err := again.Config()
-				if err != nil {
-					t.Fatal(err)
-				}
-
-				_, err = cfg2.Validate(metal{}, validation.WithStrict())
-				if dup := c.controlPlane && c.coredns; (err != nil) != dup {
-					t.Fatalf("patched twice: validation error %v, expected one: %v", err, dup)
-				}
+				// A second application (`talosctl patch mc` again) appends list entries:
+				// the subnet lists repeat (harmless: same filter), and the v1alpha1 inline
+				// manifest would be a duplicate, which Talos refuses (it cannot be
+				// deleted-and-added in one patch: deleting a missing entry fails). The
+				// README says to change an applied patch with `talosctl edit mc`.
+				checkPatch(t, c, base, c.controlPlane && c.coredns)
 			})
 		}
 	}
+}
+
+// checkPatch checks `tsbridge patch` for c against the config `talosctl gen config` makes
+// as Talos `base` would: the patch loads with the config patch loader and applies; the
+// result, encoded and loaded again with the config loader, validates for a metal node
+// (strict) and has what checkPatched wants. Applied a second time, it must fail validation
+// exactly when twiceInvalid.
+func checkPatch(t *testing.T, c patchCase, base string, twiceInvalid bool) {
+	t.Helper()
+
+	out := runPatch(t, c)
+
+	patch, err := configpatcher.LoadPatch(out)
+	if err != nil {
+		t.Fatalf("configpatcher.LoadPatch: %v\n%s", err, out)
+	}
+
+	baseCfg := baseConfig(t, base, c.controlPlane)
+	if _, err := baseCfg.Validate(metal{}, validation.WithStrict()); err != nil {
+		t.Fatalf("the generated base config is invalid by itself: %v", err)
+	}
+
+	cfg := apply(t, baseCfg, patch)
+	if warnings, err := cfg.Validate(metal{}, validation.WithStrict()); err != nil {
+		t.Fatalf("patched config is invalid for a metal node: %v (warnings %v)", err, warnings)
+	}
+
+	checkPatched(t, c, cfg)
+
+	_, err = apply(t, cfg, patch).Validate(metal{}, validation.WithStrict())
+	if (err != nil) != twiceInvalid {
+		t.Fatalf("patched twice: validation error %v, expected one: %v", err, twiceInvalid)
+	}
+}
+
+// apply applies patch to cfg and loads the result as machined would read it from disk.
+func apply(t *testing.T, cfg config.Provider, patch configpatcher.Patch) config.Provider {
+	t.Helper()
+
+	res, err := configpatcher.Apply(configpatcher.WithConfig(cfg), []configpatcher.Patch{patch})
+	if err != nil {
+		t.Fatalf("configpatcher.Apply: %v", err)
+	}
+
+	data, err := res.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	loaded, err := configloader.NewFromBytes(data)
+	if err != nil {
+		t.Fatalf("configloader.NewFromBytes (the patched config as machined reads it): %v\n%s", err, data)
+	}
+
+	return loaded
 }
 
 func checkExtensionServiceConfig(t *testing.T, escs []coreconfig.ExtensionServiceConfig) {

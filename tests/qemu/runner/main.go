@@ -152,6 +152,13 @@ func serve(configPath, specDir, rootfsDir string) int {
 			continue
 		}
 
+		// Talos 1.14 also runs specs as host processes; only the container mode is reproduced.
+		if spec.RunnerMode != extservices.RunnerModeContainer {
+			logf("error: %s: runnerMode %s is not reproduced by this runner", f.Name(), spec.RunnerMode)
+
+			continue
+		}
+
 		if names[spec.Name] {
 			logf("duplicate service spec %s: %s", f.Name(), spec.Name)
 

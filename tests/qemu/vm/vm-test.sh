@@ -13,6 +13,9 @@ NFT=/usr/sbin/nft
 LAB=/opt/lab/bin
 HS_CFG=/run/lab/headscale/config.yaml
 URL=http://192.168.10.1:8080
+# The node reaches the control server by a name only the node's /etc/hosts knows: the spec
+# mounts no /etc files, the service sees the node's through Talos's own default mounts.
+NODE_URL=http://control.lab.test:8080
 DOMAIN=tailnet.test
 NODE_SOCK=/var/run/tailscale/tailscaled.sock
 PEER_SOCK=/run/lab/peer/tailscaled.sock
@@ -49,7 +52,7 @@ hs() { in_ns ctl $LAB/headscale -c "$HS_CFG" "$@"; }
 
 # ---------------------------------------------------------------- the node and the lab
 mkdir -p /run/lab /var/lib /var/run /etc/ssl
-printf '127.0.0.1 localhost\n192.168.10.11 talos-node-1\n' >/etc/hosts
+printf '127.0.0.1 localhost\n192.168.10.11 talos-node-1\n192.168.10.1 control.lab.test\n' >/etc/hosts
 printf 'nameserver 192.168.10.1\n' >/etc/resolv.conf
 sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
 
@@ -127,6 +130,10 @@ dns:
     split: {}
 unix_socket: /run/lab/headscale/headscale.sock
 unix_socket_permission: "0770"
+# The CLI's default 5 s deadline is too short under TCG on a busy host: a pre-auth key's
+# database write alone was seen to exceed it ("context deadline exceeded").
+cli:
+  timeout: 60s
 logtail:
   enabled: false
 EOF
@@ -172,7 +179,7 @@ write_config() { # write_config [KEY [repeated]]
     echo "name: tailscale"
     echo "environment:"
     [ -n "${1:-}" ] && echo "  - TS_AUTHKEY=$1"
-    echo "  - TS_EXTRA_ARGS=--login-server=$URL"
+    echo "  - TS_EXTRA_ARGS=--login-server=$NODE_URL"
     echo "  - TS_HOSTNAME=node1"
     echo "  - TS_TAILSCALED_EXTRA_ARGS=--no-logs-no-support --port=41641"
     echo "  - TSBRIDGE_LAB_SUBNETS=192.168.10.0/24"
@@ -180,6 +187,8 @@ write_config() { # write_config [KEY [repeated]]
     echo "  - TS_DEBUG_FIREWALL_MODE=nftables"
     # a repeated variable: Talos passes both, the last one must win
     [ -n "${2:-}" ] && printf '  - TSBRIDGE_LOG_LEVEL=warn\n  - TSBRIDGE_LOG_LEVEL=info\n'
+    # the restart check reads the reconcile passes; an unchanged pass is a debug event
+    [ -z "${2:-}" ] && echo "  - TSBRIDGE_LOG_LEVEL=debug"
   } >"$MC"
 }
 RUNNER_PID=
@@ -226,12 +235,15 @@ pid1=$(cut -d' ' -f2 /run/talos-runner/ext-tailscale)
 wait_for 10 is_tsbridge || fail service-running "PID $pid1 is not tsbridge"
 nspid=$(awk '/^NSpid:/ {print $NF}' /proc/$pid1/status)
 [ "$nspid" = 1 ] || fail service-running "tsbridge is PID $nspid in its namespace, not 1"
+for f in /etc/hosts /etc/resolv.conf; do
+  cmp -s "/proc/$pid1/root$f" "$f" || fail service-running "the service does not see the node's $f"
+done
 check service-running "ext-tailscale Running, tsbridge is PID 1 of its own PID namespace (host PID $pid1)"
 
 wait_for 240 backend_running || fail joined "the node's tailscaled is not Running"
 NODE_IP=$(node_ip)
 [ -n "$NODE_IP" ] || fail joined "the node has no 100.x address"
-check joined "the node joined the tailnet with the ExtensionServiceConfig's key as node1 = $NODE_IP"
+check joined "the node joined the tailnet with the ExtensionServiceConfig's key as node1 = $NODE_IP (control server $NODE_URL, a name from the node's /etc/hosts)"
 
 # the key must not be on any command line, nor in the environment of tsbridge's children
 for p in /proc/[0-9]*; do
@@ -273,13 +285,16 @@ check pod-name "the pod resolves peer.$DOMAIN via MagicDNS (100.100.100.100) to 
 
 # ------------------------------------------------------- what tsbridge put in the kernel
 rules=$($IP rule; $IP -6 rule)
-echo "$rules" | grep -E '^5100:.*to 192\.168\.10\.0/24 lookup main.*proto 116' >/dev/null ||
+echo "$rules" | grep -E '^5100:.*to 192\.168\.10\.0/24 goto 5300 proto 116' >/dev/null ||
   fail guards "no lab-subnet guard (priority 5100, proto 116)"
-echo "$rules" | grep -E '^5110:.*to 10\.244\.0\.0/16 lookup main.*proto 116' >/dev/null ||
+echo "$rules" | grep -E '^5110:.*to 10\.244\.0\.0/16 goto 5300 proto 116' >/dev/null ||
   fail guards "no pod-CIDR guard (priority 5110, proto 116)"
-echo "$rules" | grep -E '^5120:.*to 10\.96\.0\.0/12 lookup main.*proto 116' >/dev/null ||
+echo "$rules" | grep -E '^5120:.*to 10\.96\.0\.0/12 goto 5300 proto 116' >/dev/null ||
   fail guards "no service-CIDR guard (priority 5120, proto 116)"
-check guards "guard rules 5100/5110/5120 (lab, pod, service CIDRs -> main, proto 116) in place"
+echo "$rules" | grep -E '^5300:.*nop proto 116' >/dev/null ||
+  fail guards "no anchor (priority 5300 nop, proto 116) for the guards to jump to"
+echo "$rules" | grep -q unresolved && fail guards "unresolved guard rules: $rules"
+check guards "guard rules 5100/5110/5120 (lab, pod, service CIDRs -> goto the anchor 5300, proto 116) in place"
 
 table=$($NFT list table inet tsbridge 2>&1) || fail nft "no nftables table inet tsbridge: $table"
 echo "$table" | grep -q 'masquerade' || fail nft "inet tsbridge has no masquerade rule"
@@ -290,9 +305,15 @@ check nft "table inet tsbridge with pod masquerade and MSS clamp"
 
 # ------------------------- restart: always: the service dies (SIGKILL), Talos restarts it
 OLD_PID=$(cut -d' ' -f2 /run/talos-runner/ext-tailscale)
+log_lines=$(wc -l </var/log/ext-tailscale.log)
 kill -KILL "$OLD_PID"
 new_pid() { [ "$(state)" = Running ] && [ "$(cut -d' ' -f2 /run/talos-runner/ext-tailscale)" != "$OLD_PID" ]; }
 wait_for 30 new_pid || fail restart "ext-tailscale was not restarted after SIGKILL (state: $(state))"
+# The rules and the table were left in place: counting them proves nothing until the new
+# instance has reconciled, and its first pass must adopt them (change nothing).
+first_pass() { tail -n +"$((log_lines + 1))" /var/log/ext-tailscale.log | grep -m1 -E 'egress state (in sync|reconciled)|egress reconcile failed'; }
+wait_for 60 first_pass || fail restart "the restarted service logged no reconcile pass"
+case "$(first_pass)" in *"in sync"*) ;; *) fail restart "the restarted service's first pass did not adopt the state: $(first_pass)" ;; esac
 wait_for 120 backend_running || fail restart "the node's tailscaled is not Running after the restart"
 [ "$(node_ip)" = "$NODE_IP" ] || fail restart "the node's address changed after the restart"
 wait_for 30 in_ns pod ping -c1 -W2 "$PEER_IP" || fail restart "the pod cannot reach the peer after the restart"
@@ -300,11 +321,16 @@ n=$( ($IP rule; $IP -6 rule) | grep -c 'proto 116')
 [ "$n" = "$RULES_N" ] || fail restart "$n tsbridge rules after the restart, $RULES_N before: $( ($IP rule; $IP -6 rule) | grep 'proto 116')"
 n=$($NFT list table inet tsbridge | grep -c -E 'masquerade|maxseg')
 [ "$n" = "$NFT_N" ] || fail restart "$n masquerade/clamp rules after the restart, $NFT_N before"
-check restart "killed with SIGKILL, restarted (restart: always), same address, pod reaches the peer, no duplicate rules"
+check restart "killed with SIGKILL, restarted (restart: always), state adopted by the first pass, same address, pod reaches the peer, no duplicate rules"
 
 # ------------------------------------- config change: stop, new config without key, start
+log_lines=$(wc -l </var/log/ext-tailscale.log)
 stop_runner
 ms=$STOP_MS
+svc_s=$(sed -n 's/.*task exited \([0-9.]*\) s after SIGTERM.*/\1/p' "$RUNNER_LOG" | tail -n 1)
+# For the record (the console): how this stop went, in tsbridge's own words.
+tail -n +"$((log_lines + 1))" /var/log/ext-tailscale.log |
+  awk '!/source="tailscaled"/ || /got signal|flushing log/ { print "identity stop: " $0 }'
 write_config "" repeated
 grep -q TS_AUTHKEY "$MC" && fail identity "the new config still has the key"
 log_lines=$(wc -l </var/log/ext-tailscale.log)
@@ -325,13 +351,42 @@ nodes=$(echo "$list" | tr -d ' \n' | grep -o '"given_name":"node1[^"]*"' | wc -l
 wait_for 60 in_ns pod ping -c1 -W2 "$PEER_IP" || fail identity "the pod cannot reach the peer after the restart"
 tail -n +"$((log_lines + 1))" /var/log/ext-tailscale.log | grep -q ' INFO ' ||
   fail identity "no INFO lines with TSBRIDGE_LOG_LEVEL=warn then =info: the first value won"
-check identity "after stop (${ms} ms), new ExtensionServiceConfig without TS_AUTHKEY, start: still node1 = $NODE_IP, pod reaches the peer; a repeated variable: last value wins"
+check identity "after stop (service exited ${svc_s} s after SIGTERM, runner ${ms} ms), new ExtensionServiceConfig without TS_AUTHKEY, start: still node1 = $NODE_IP, pod reaches the peer; a repeated variable: last value wins"
 
 # --------------------------------------- poweroff: Talos stops services, then powers off
+# The runner stops the service as Talos does: SIGTERM to every process of the container at
+# once (tailscaled too), so tailscaled exits while tsbridge tears down.
+log_lines=$(wc -l </var/log/ext-tailscale.log)
 stop_runner
 ms=$STOP_MS
 grep -q 'Sending SIGKILL to task ext-tailscale' "$RUNNER_LOG" && fail poweroff "the service needed SIGKILL"
 [ "$ms" -lt 10000 ] || fail poweroff "stopping took ${ms} ms"
+# tsbridge's own lines of the stop (not tailscaled's, which it forwards)
+stop_log=$(tail -n +"$((log_lines + 1))" /var/log/ext-tailscale.log | grep -v 'source="tailscaled"')
+echo "$stop_log" | grep -q 'shutting down' || fail poweroff "tsbridge logged no shutdown: $stop_log"
+echo "$stop_log" | grep -E 'restarting|tailscaled started' &&
+  fail poweroff "tailscaled was restarted during the stop"
+exited=$(sed -n 's/.*task exited \([0-9.]*\) s after SIGTERM to \([0-9]*\) processes.*/\1 \2/p' "$RUNNER_LOG" | tail -n 1)
+exit_s=${exited% *} exit_n=${exited#* }
+[ -n "$exited" ] && [ "$exit_n" -ge 2 ] ||
+  fail poweroff "SIGTERM went to ${exit_n:-no} processes, not to tsbridge and tailscaled: '$exited'"
+# tsbridge's part of the stop, from its log's timestamps: removing its own state, and
+# exiting once tailscaled is gone, each within 2 s. The whole stop is bounded by
+# tailscaled's own shutdown, which under TCG emulation alone can take seconds (natively
+# about 0.2 s: tests/shutdown_lab.rs asserts the whole stop within 2 s there).
+at() { # at ERE: the first of tsbridge's stop lines matching ERE, as seconds of the day
+  echo "$stop_log" | grep -E "$1" | head -n 1 |
+    awk '{ split($1, d, "T"); split(d[2], t, ":"); sub("Z", "", t[3]); printf "%.3f", t[1] * 3600 + t[2] * 60 + t[3] }'
+}
+within() { # within A B LIMIT: B - A < LIMIT seconds (across midnight too)
+  awk -v a="$1" -v b="$2" -v l="$3" 'BEGIN { d = b - a; if (d < 0) d += 86400; exit !(a != "" && b != "" && d < l) }'
+}
+t_sig=$(at 'shutting down') t_own=$(at 'egress state removed')
+t_ts=$(at 'tailscaled stopped|tailscaled exited as the service stops') t_end=$(at 'INFO stopped$')
+within "$t_sig" "$t_own" 2 ||
+  fail poweroff "tsbridge's own state was not removed within 2 s of its SIGTERM ($t_sig -> $t_own): $stop_log"
+within "$t_ts" "$t_end" 2 ||
+  fail poweroff "tsbridge did not exit within 2 s of tailscaled's exit ($t_ts -> $t_end): $stop_log"
 left=""
 for p in /proc/[0-9]*; do
   [ "$(readlink $p/ns/net)" = "$(readlink /proc/1/ns/net)" ] || continue
@@ -342,5 +397,5 @@ rules=$($IP rule; $IP -6 rule)
 echo "$rules" | grep -q 'proto 116' && fail poweroff "tsbridge rules left: $(echo "$rules" | grep 'proto 116')"
 $NFT list table inet tsbridge >/dev/null 2>&1 && fail poweroff "table inet tsbridge left"
 grep -q /usr/local/lib/containers/tailscale /proc/mounts && fail poweroff "the service's rootfs is still mounted"
-check poweroff "the service stopped ${ms} ms after SIGTERM, no tsbridge process, rule or nft table left"
+check poweroff "SIGTERM to all $exit_n processes, exited after $exit_s s (own state removed after $(awk -v a="$t_sig" -v b="$t_own" 'BEGIN { printf "%.2f", b - a }') s; runner ${ms} ms), no restart, no tsbridge process, rule or nft table left"
 echo "QEMU-TEST: all checks passed"
