@@ -15,12 +15,12 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::backoff::{Backoff, random_u64};
 use crate::config::Config;
 use crate::egress::kernel::link_index;
-use crate::localapi::{LocalApi, Notify, WATCH_MASK};
+use crate::localapi::{ApiError, LocalApi, Notify, WATCH_MASK};
 use crate::reaper::{Reaper, terminate};
 use crate::secret::{Secret, redact};
 use crate::shutdown::until_shutdown;
@@ -320,21 +320,41 @@ pub async fn run(
     let mut backoff = Backoff::default();
     let mut last_problem: Option<String> = None;
     let mut retry_at: Option<Instant> = None;
+    let mut refused = 0u32;
     loop {
         if *shutdown.borrow() {
             return;
         }
         let mut w = match api.watch(WATCH_MASK).await {
             Ok(w) => w,
-            Err(_) => {
-                // tailscaled is (re)starting; its socket appears within a moment.
+            Err(e) => {
+                // tailscaled is (re)starting: wait for its socket to be created (inotify,
+                // no polling). A socket file that refuses connections is stale (or
+                // between bind and listen): it is recreated when tailscaled starts, so
+                // wait for that, or retry after a growing delay.
+                let wait = match &e {
+                    ApiError::Connect { .. } if api.socket().exists() => {
+                        refused = (refused + 1).min(8);
+                        api.wait_for_socket(true, Duration::from_millis(5 << refused))
+                    }
+                    ApiError::Connect { .. } => {
+                        refused = 0;
+                        api.wait_for_socket(false, Duration::from_secs(1))
+                    }
+                    // Connected, but the request failed: tailscaled is not serving yet.
+                    _ => {
+                        debug!(error = %e, "LocalAPI watch refused; retrying");
+                        api.wait_for_socket(true, Duration::from_millis(200))
+                    }
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                    _ = wait => continue,
                     _ = until_shutdown(&mut shutdown) => return,
                 }
             }
         };
-        info!(socket = %cfg.socket.display(), "following tailscaled's LocalAPI");
+        refused = 0;
+        info!(socket = %cfg.socket.display(), since_start_ms = since_start_ms(), "following tailscaled's LocalAPI");
         // The watch's first message carries tailscaled's health again.
         status.send_if_modified(|s| s.state_store.take().is_some());
         let mut state = BackendState::NoState;
@@ -397,9 +417,10 @@ pub async fn run(
             tokio::select! {
                 n = w.next() => match n {
                     Ok(Some(n)) => {
+                        crate::metrics::global().woke(crate::metrics::Wake::IpnBus);
                         if let Some(s) = on_notify(&api, &status, &n, &mut seen, &cfg.state_dir).await {
                             if s != state {
-                                info!(state = %s, "tailscaled state");
+                                info!(state = %s, since_start_ms = since_start_ms(), "tailscaled state");
                             }
                             state = s;
                         }
@@ -410,7 +431,7 @@ pub async fn run(
                         } else {
                             info!("tailscaled closed the LocalAPI watch; reconnecting");
                         }
-                        status.send_modify(|s| s.backend = BackendState::Down);
+                        set_backend(&status, BackendState::Down);
                         break;
                     }
                 },
@@ -418,11 +439,13 @@ pub async fn run(
                     let with_key = inflight.take().map(|(_, k)| k).unwrap_or(false);
                     match r {
                         Ok(()) => {
-                            info!(with_key, "tailscale up succeeded");
+                            info!(with_key, since_start_ms = since_start_ms(), "tailscale up succeeded");
                             applied = true;
                             backoff.reset();
                             retry_at = None;
-                            refresh(&api, &status).await;
+                            if !seen.self_known {
+                                seen.self_known = refresh(&api, &status).await;
+                            }
                         }
                         Err(f) => {
                             let delay = backoff.next_delay(Duration::ZERO, random_u64());
@@ -433,7 +456,10 @@ pub async fn run(
                         }
                     }
                 }
-                _ = retry => { retry_at = None; }
+                _ = retry => {
+                    crate::metrics::global().woke(crate::metrics::Wake::Timer);
+                    retry_at = None;
+                }
                 _ = until_shutdown(&mut shutdown) => return,
             }
             if state == BackendState::Running && last_problem.is_some() {
@@ -453,18 +479,37 @@ fn report(status: &watch::Sender<TailscaleStatus>, last: &mut Option<String>, ms
 }
 
 fn report_now(status: &watch::Sender<TailscaleStatus>, last: &mut Option<String>, msg: String) {
-    status.send_modify(|s| s.problem = Some(msg.clone()));
+    status.send_if_modified(|s| {
+        let changed = s.problem.as_deref() != Some(msg.as_str());
+        s.problem = Some(msg.clone());
+        changed
+    });
     *last = Some(msg);
 }
 
-/// Applies one Notify to the status; returns the new backend state if it said one.
-/// The last error and health text logged, so repeats are not logged again.
+/// Publishes a backend state; receivers are woken only when it changed.
+fn set_backend(status: &watch::Sender<TailscaleStatus>, b: BackendState) {
+    status.send_if_modified(|s| std::mem::replace(&mut s.backend, b) != b);
+}
+
+/// Milliseconds since tsbridge started, for tracing the steps of a join.
+pub fn since_start_ms() -> u64 {
+    crate::metrics::global().uptime().as_millis() as u64
+}
+
+/// What this watch connection already said, so repeats are not logged again.
 #[derive(Default)]
 struct Seen {
     err: Option<String>,
     health: Option<String>,
+    /// The node's addresses and name are known from this connection.
+    self_known: bool,
 }
 
+/// Applies one Notify to the status; returns the new backend state if it said one. The
+/// node's addresses come from the notification itself (SelfChange, sent with every
+/// network map); `/status` is read only when Running arrives without them (tsbridge
+/// restarted while tailscaled kept running) or a full NetMap says the node changed.
 async fn on_notify(
     api: &LocalApi,
     status: &watch::Sender<TailscaleStatus>,
@@ -500,45 +545,62 @@ async fn on_notify(
             true
         });
     }
+    if let Some(me) = &n.self_change {
+        publish_self(status, None, me.addrs(), me.suffix());
+        seen.self_known = true;
+    }
     let state = n.backend();
     if let Some(s) = state {
-        status.send_modify(|st| st.backend = s);
+        set_backend(status, s);
     }
-    if state == Some(BackendState::Running) || n.self_changed() {
-        refresh(api, status).await;
+    if (state == Some(BackendState::Running) && !seen.self_known) || n.net_map.is_some() {
+        seen.self_known = refresh(api, status).await;
     }
     state
 }
 
-/// Re-reads `/status` into the shared status (addresses, MagicDNS suffix, tun index).
-async fn refresh(api: &LocalApi, status: &watch::Sender<TailscaleStatus>) {
+/// Re-reads `/status` into the shared status; true when it could.
+async fn refresh(api: &LocalApi, status: &watch::Sender<TailscaleStatus>) -> bool {
     match api.status().await {
         Ok(st) => {
-            let addrs = st.addrs();
-            let suffix = st.suffix();
-            let tun = link_index(tailscaled::DEFAULT_TUN);
-            let backend = st.backend();
-            let changed = status.send_if_modified(|s| {
-                let new = TailscaleStatus {
-                    backend,
-                    addrs: addrs.clone(),
-                    magic_dns_suffix: suffix.clone(),
-                    tun_index: tun,
-                    ..s.clone()
-                };
-                if *s == new {
-                    false
-                } else {
-                    *s = new;
-                    true
-                }
-            });
-            if changed {
-                let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-                info!(state = %backend, addrs = %shown.join(","), magic_dns_suffix = suffix.as_deref().unwrap_or(""), tun_index = tun.unwrap_or(0), "tailnet status");
-            }
+            publish_self(status, Some(st.backend()), st.addrs(), st.suffix());
+            true
         }
-        Err(e) => warn!(error = %e, "cannot read tailscaled's status"),
+        Err(e) => {
+            warn!(error = %e, "cannot read tailscaled's status");
+            false
+        }
+    }
+}
+
+/// Publishes the node's addresses and MagicDNS suffix (and the TUN's index); receivers
+/// are woken, and the status logged, only when something changed.
+fn publish_self(
+    status: &watch::Sender<TailscaleStatus>,
+    backend: Option<BackendState>,
+    addrs: Vec<std::net::IpAddr>,
+    suffix: Option<String>,
+) {
+    let tun = link_index(tailscaled::DEFAULT_TUN);
+    let changed = status.send_if_modified(|s| {
+        let new = TailscaleStatus {
+            backend: backend.unwrap_or(s.backend),
+            addrs: addrs.clone(),
+            magic_dns_suffix: suffix.clone(),
+            tun_index: tun,
+            ..s.clone()
+        };
+        if *s == new {
+            false
+        } else {
+            *s = new;
+            true
+        }
+    });
+    if changed {
+        let st = status.borrow();
+        let shown: Vec<String> = st.addrs.iter().map(ToString::to_string).collect();
+        info!(state = %st.backend, addrs = %shown.join(","), magic_dns_suffix = st.magic_dns_suffix.as_deref().unwrap_or(""), tun_index = tun.unwrap_or(0), since_start_ms = since_start_ms(), "tailnet status");
     }
 }
 

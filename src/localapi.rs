@@ -6,6 +6,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -44,6 +45,72 @@ pub enum ApiError {
     Json(#[from] serde_json::Error),
 }
 
+/// Without inotify on the socket's directory (it does not exist yet), the socket is
+/// looked for this often.
+const SOCKET_POLL: Duration = Duration::from_millis(20);
+
+/// An inotify watch on a socket's directory for a file of the socket's name.
+struct SocketWatch {
+    fd: tokio::io::unix::AsyncFd<InotifyFd>,
+    name: std::ffi::OsString,
+}
+
+struct InotifyFd(nix::sys::inotify::Inotify);
+
+impl std::os::fd::AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl SocketWatch {
+    fn new(socket: &Path) -> std::io::Result<SocketWatch> {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let dir = match socket.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let name = socket
+            .file_name()
+            .ok_or_else(|| std::io::Error::other("the socket path has no file name"))?
+            .to_owned();
+        let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        ino.add_watch(dir, AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)?;
+        // SAFETY: the inotify fd is owned by the AsyncFd for its whole life and is never
+        // closed or duplicated behind its back.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                InotifyFd(ino),
+                tokio::io::Interest::READABLE,
+            )
+        };
+        Ok(SocketWatch {
+            fd: fd.map_err(std::io::Error::from)?,
+            name,
+        })
+    }
+
+    /// Resolves when a file of the socket's name was created.
+    async fn wait(&self) -> std::io::Result<()> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match self.fd.get_ref().0.read_events() {
+                Ok(evs) => {
+                    if evs
+                        .iter()
+                        .any(|e| e.name.as_deref() == Some(self.name.as_os_str()))
+                    {
+                        return Ok(());
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
 /// tailscaled's LocalAPI at a socket path.
 #[derive(Clone, Debug)]
 pub struct LocalApi {
@@ -59,6 +126,31 @@ impl LocalApi {
 
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// Waits for the socket to appear, without polling: returns at once when its file
+    /// exists (unless `stale`: it exists but refuses connections), else when a file of
+    /// its name is created in its directory (inotify), at the latest after `limit`.
+    /// Before the directory exists it sleeps a short while instead.
+    pub async fn wait_for_socket(&self, stale: bool, limit: Duration) {
+        let created = match SocketWatch::new(&self.socket) {
+            Ok(w) => w,
+            Err(_) => {
+                if stale || !self.socket.exists() {
+                    tokio::time::sleep(limit.min(SOCKET_POLL)).await;
+                }
+                return;
+            }
+        };
+        // Created between the caller's failed attempt and the watch: no event will come.
+        let there = if stale {
+            std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+        } else {
+            self.socket.exists()
+        };
+        if !there {
+            let _ = tokio::time::timeout(limit, created.wait()).await;
+        }
     }
 
     async fn request(&self, path: &str) -> Result<(Head, UnixStream, Vec<u8>), ApiError> {
@@ -439,8 +531,13 @@ pub struct Notify {
     pub state: Option<i64>,
     #[serde(rename = "NetMap")]
     pub net_map: Option<IgnoredAny>,
+    /// Sent when the preferences change (the first thing `tailscale up` does).
+    #[serde(rename = "Prefs")]
+    pub prefs: Option<IgnoredAny>,
+    /// The node itself, sent on every network map: its addresses and name, so `/status`
+    /// need not be read again.
     #[serde(rename = "SelfChange")]
-    pub self_change: Option<IgnoredAny>,
+    pub self_change: Option<SelfNode>,
     #[serde(rename = "BrowseToURL")]
     pub browse_to_url: Option<String>,
     #[serde(rename = "Health")]
@@ -455,6 +552,43 @@ impl Notify {
     /// Whether this message means the node itself changed (addresses, name).
     pub fn self_changed(&self) -> bool {
         self.net_map.is_some() || self.self_change.is_some() || self.login_finished.is_some()
+    }
+}
+
+/// `tailcfg.Node` of the node itself (the fields tsbridge uses).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SelfNode {
+    /// The MagicDNS name, like `node1.tail1234.ts.net.`.
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// Prefixes, like `100.64.0.1/32`.
+    #[serde(rename = "Addresses")]
+    pub addresses: Option<Vec<String>>,
+}
+
+impl SelfNode {
+    /// The node's tailnet addresses: the single-address prefixes, which is what
+    /// `/status` reports as `TailscaleIPs`.
+    pub fn addrs(&self) -> Vec<IpAddr> {
+        self.addresses
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                let (ip, len) = p.split_once('/')?;
+                let ip: IpAddr = ip.parse().ok()?;
+                let full = if ip.is_ipv4() { "32" } else { "128" };
+                (len == full).then_some(ip)
+            })
+            .collect()
+    }
+
+    /// The MagicDNS suffix as tailscaled derives it from the name (everything after the
+    /// first label, no dots at either end), which is `/status`'s `MagicDNSSuffix`.
+    pub fn suffix(&self) -> Option<String> {
+        let name = self.name.trim_matches('.');
+        let rest = name.split_once('.').map_or(name, |(_, r)| r);
+        (!rest.is_empty()).then(|| rest.to_owned())
     }
 }
 
@@ -578,8 +712,16 @@ mod tests {
             .filter_map(|n| n.err_message.as_deref())
             .collect();
         assert!(errs.contains(&"authkey expired"), "{errs:?}");
-        // v1.102 announces the self node with SelfChange (no NetMap on the bus).
-        assert!(notes.iter().any(|n| n.self_change.is_some()));
+        // v1.102 announces the self node with SelfChange (no NetMap on the bus), and it
+        // carries what `/status` says once Running.
+        let me = notes
+            .iter()
+            .rev()
+            .find_map(|n| n.self_change.as_ref())
+            .unwrap();
+        let st: Status = serde_json::from_str(STATUS_RUNNING).unwrap();
+        assert_eq!(me.addrs(), st.addrs());
+        assert_eq!(me.suffix(), st.suffix());
         assert!(notes.iter().all(|n| n.net_map.is_none()));
         assert!(notes.iter().any(|n| n.login_finished.is_some()));
         let first_health = notes.iter().find_map(|n| n.health.as_ref()).unwrap();
@@ -591,6 +733,69 @@ mod tests {
             "{:?}",
             first_health.messages()
         );
+    }
+
+    #[test]
+    fn self_node_addresses_and_suffix() {
+        let n = SelfNode {
+            name: "node1.tail1234.ts.net.".into(),
+            addresses: Some(vec![
+                "100.64.0.7/32".into(),
+                "fd7a:115c:a1e0::7/128".into(),
+                "10.1.0.0/24".into(),
+                "garbage".into(),
+            ]),
+        };
+        assert_eq!(
+            n.addrs(),
+            [
+                "100.64.0.7".parse::<IpAddr>().unwrap(),
+                "fd7a:115c:a1e0::7".parse().unwrap()
+            ]
+        );
+        assert_eq!(n.suffix().as_deref(), Some("tail1234.ts.net"));
+        assert_eq!(SelfNode::default().suffix(), None);
+        assert!(SelfNode::default().addrs().is_empty());
+    }
+
+    #[tokio::test]
+    async fn waiting_for_the_socket_wakes_on_its_creation() {
+        let dir = std::env::temp_dir().join(format!("tsbridge-sockwait-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let api = LocalApi::new(dir.join("s.sock"));
+        let start = std::time::Instant::now();
+        let d2 = dir.clone();
+        let maker = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            std::fs::write(d2.join("other"), b"").unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::net::UnixListener::bind(d2.join("s.sock")).unwrap()
+        });
+        api.wait_for_socket(false, Duration::from_secs(20)).await;
+        let took = start.elapsed();
+        assert!(api.socket().exists(), "returned before the socket existed");
+        assert!(
+            took < Duration::from_secs(10),
+            "woke by the limit, not the creation: {took:?}"
+        );
+        let listener = maker.await.unwrap();
+        // Exists: at once. Thought stale but accepting by now: at once.
+        let t = std::time::Instant::now();
+        api.wait_for_socket(false, Duration::from_secs(20)).await;
+        api.wait_for_socket(true, Duration::from_secs(20)).await;
+        assert!(t.elapsed() < Duration::from_secs(5));
+        // Stale (the file refuses connections): waits for a new creation or the limit.
+        drop(listener);
+        let t = std::time::Instant::now();
+        api.wait_for_socket(true, Duration::from_millis(30)).await;
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        // No directory yet: a short sleep, not an error.
+        let missing = LocalApi::new(dir.join("nodir/s.sock"));
+        missing
+            .wait_for_socket(false, Duration::from_secs(20))
+            .await;
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]

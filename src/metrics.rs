@@ -43,6 +43,47 @@ impl ObjectKind {
     }
 }
 
+/// What woke one of tsbridge's loops. Each handled event counts once, so the wake-ups of
+/// an idle daemon can be told apart by source (there is no periodic timer: a `timer`
+/// wake-up is a retry or a backoff).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// A line of tailscaled's output (logged as a `source="tailscaled"` event).
+    TailscaledOutput,
+    /// A message on tailscaled's IPN bus (`watch-ipn-bus`).
+    IpnBus,
+    /// Kernel notifications that passed the socket filters.
+    Netlink,
+    /// SIGCHLD: a child exited.
+    Child,
+    /// A connection to the health and metrics listener.
+    Http,
+    /// A retry or backoff delay ran out.
+    Timer,
+}
+
+impl Wake {
+    pub const ALL: [Wake; 6] = [
+        Wake::TailscaledOutput,
+        Wake::IpnBus,
+        Wake::Netlink,
+        Wake::Child,
+        Wake::Http,
+        Wake::Timer,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Wake::TailscaledOutput => "tailscaled_output",
+            Wake::IpnBus => "ipn_bus",
+            Wake::Netlink => "netlink",
+            Wake::Child => "child",
+            Wake::Http => "http",
+            Wake::Timer => "timer",
+        }
+    }
+}
+
 /// Upper bounds (seconds) of the reconcile duration histogram. A reconcile is a netlink
 /// dump, a diff and maybe one batch: normally well under a millisecond to a few ms.
 pub const RECONCILE_BUCKETS: [f64; 12] = [
@@ -62,6 +103,7 @@ pub fn global() -> &'static Metrics {
 #[derive(Debug)]
 pub struct Metrics {
     start_unix: f64,
+    started: std::time::Instant,
     tailscaled_starts: AtomicU64,
     tailscaled_restarts: AtomicU64,
     /// `>= 0`: exit code; `< 0`: minus the signal number; [`NO_EXIT`]: none yet.
@@ -77,6 +119,7 @@ pub struct Metrics {
     config_problems: AtomicU64,
     config_warnings: AtomicU64,
     join_failures: AtomicU64,
+    wakeups: [AtomicU64; Wake::ALL.len()],
 }
 
 impl Default for Metrics {
@@ -89,6 +132,7 @@ impl Metrics {
     pub fn new() -> Self {
         Metrics {
             start_unix: unix_now(),
+            started: std::time::Instant::now(),
             tailscaled_starts: AtomicU64::new(0),
             tailscaled_restarts: AtomicU64::new(0),
             tailscaled_last_exit: AtomicI64::new(NO_EXIT),
@@ -102,7 +146,13 @@ impl Metrics {
             config_problems: AtomicU64::new(0),
             config_warnings: AtomicU64::new(0),
             join_failures: AtomicU64::new(0),
+            wakeups: Default::default(),
         }
+    }
+
+    /// Time since the registry was made (at start-up, before anything is spawned).
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// tailscaled was spawned; every spawn after the first counts as a restart.
@@ -182,6 +232,10 @@ impl Metrics {
 
     /// The text exposition. `backend` is read by the caller from the status channel, so
     /// the join side has nothing extra to update.
+    pub fn woke(&self, w: Wake) {
+        self.wakeups[w as usize].fetch_add(1, Relaxed);
+    }
+
     pub fn render(&self, backend: BackendState, ready: bool) -> String {
         let mut o = String::with_capacity(4096);
         gauge_head(&mut o, "tsbridge_build_info", "tsbridge version and build");
@@ -279,6 +333,20 @@ impl Metrics {
             "tsbridge_join_failures_total {}",
             self.join_failures.load(Relaxed)
         );
+
+        counter_head(
+            &mut o,
+            "tsbridge_wakeups_total",
+            "events that woke tsbridge's loops, by source",
+        );
+        for w in Wake::ALL {
+            let _ = writeln!(
+                o,
+                "tsbridge_wakeups_total{{source=\"{}\"}} {}",
+                w.label(),
+                self.wakeups[w as usize].load(Relaxed)
+            );
+        }
 
         counter_head(
             &mut o,
@@ -521,6 +589,17 @@ pub(crate) mod tests {
         assert_eq!(value(&t, "tsbridge_config_problems"), Some(2.0));
         assert_eq!(value(&t, "tsbridge_config_warnings"), Some(1.0));
         assert_eq!(value(&t, "tsbridge_join_failures_total"), Some(1.0));
+        m.woke(Wake::IpnBus);
+        m.woke(Wake::IpnBus);
+        let t = m.render(BackendState::Running, true);
+        assert_eq!(
+            value(&t, "tsbridge_wakeups_total{source=\"ipn_bus\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(&t, "tsbridge_wakeups_total{source=\"timer\"}"),
+            Some(0.0)
+        );
     }
 
     #[test]

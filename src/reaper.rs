@@ -85,6 +85,7 @@ impl Reaper {
                 if sigchld.recv().await.is_none() {
                     return;
                 }
+                crate::metrics::global().woke(crate::metrics::Wake::Child);
             }
         });
         Ok(reaper)

@@ -216,7 +216,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, limits: Limits) {
     let slots = Arc::new(Semaphore::new(limits.max_conns));
     loop {
         let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
+            Ok(c) => {
+                crate::metrics::global().woke(crate::metrics::Wake::Http);
+                c
+            }
             Err(e) => {
                 // EMFILE and friends: back off a little instead of spinning.
                 warn!(error = %e, "health listener: accept failed");

@@ -38,6 +38,7 @@ pub async fn forward_output(source: &'static str, stream: &'static str, fd: Owne
         match reader.read_until(b'\n', &mut buf).await {
             Ok(0) => return,
             Ok(_) => {
+                crate::metrics::global().woke(crate::metrics::Wake::TailscaledOutput);
                 let text = String::from_utf8_lossy(&buf);
                 let line = strip_go_timestamp(text.trim_end());
                 if !line.trim().is_empty() {
@@ -154,7 +155,7 @@ pub async fn supervise_tailscaled(
             "waiting before restarting tailscaled"
         );
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep(delay) => crate::metrics::global().woke(crate::metrics::Wake::Timer),
             _ = until_shutdown(&mut stop.draining) => return,
         }
     }

@@ -704,40 +704,49 @@ fn daemon_adopts_after_kill_9_and_cleans_up_on_sigterm() {
     let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-state", l.node.0)));
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Runs a shell command in a namespace from a thread that may be in another one.
+fn sh_in(ns: &str, cmd: &str) {
+    let ok = Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-ec", cmd])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "{cmd}");
+}
+
 #[test]
 fn notifications_report_changes_and_overruns() {
     require_tools();
     let ns = Netns::new("events");
     let name = ns.0.clone();
     ns.run(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let sh = |cmd: &str| {
-                let ok = Command::new("ip")
-                    .args(["netns", "exec", &name, "sh", "-ec", cmd])
-                    .status()
-                    .unwrap()
-                    .success();
-                assert!(ok, "{cmd}");
-            };
+        runtime().block_on(async move {
+            let sh = |cmd: &str| sh_in(&name, cmd);
             let ev = tsbridge::egress::events::Events::new().unwrap();
-            // An nftables change and a rule change each wake the reconciler.
-            sh("nft add table inet someone");
+            // An nftables change and a rule change each wake the reconciler (changes of
+            // other nftables tables do not: see the filter test below).
+            sh("nft add table inet tsbridge");
             let e = tokio::time::timeout(Duration::from_secs(2), ev.next()).await;
             assert!(matches!(e, Ok(Ok(_))), "no nftables notification: {e:?}");
             sh("ip rule add pref 4000 to 10.9.0.0/16 lookup main");
             let e = tokio::time::timeout(Duration::from_secs(2), ev.next()).await;
             assert!(matches!(e, Ok(Ok(_))), "no rule notification: {e:?}");
             // A tiny buffer and a burst of changes: the kernel drops notifications and
-            // says so (ENOBUFS), which must come out as an overrun (full resync).
+            // says so (ENOBUFS), which must come out as an overrun (full resync). The
+            // routes are in the main table: routes elsewhere are filtered out before
+            // they are queued, so they cannot overrun anything (see the next test).
             let small = tsbridge::egress::events::Events::with_buffer(1024).unwrap();
             let mut batch = String::from("link set lo up\n");
             for i in 0..2000 {
                 batch.push_str(&format!(
-                    "route add 10.{}.{}.0/24 dev lo table 100\n",
+                    "route add 10.{}.{}.0/24 dev lo\n",
                     i / 256,
                     i % 256
                 ));
@@ -763,6 +772,159 @@ fn notifications_report_changes_and_overruns() {
             );
         });
     });
+}
+
+/// Reads notifications for `limit`; the union of what they said changed (`None`: none).
+async fn events_within(
+    ev: &tsbridge::egress::events::Events,
+    limit: Duration,
+) -> Option<tsbridge::egress::events::Dirty> {
+    let mut got: Option<tsbridge::egress::events::Dirty> = None;
+    let end = tokio::time::Instant::now() + limit;
+    while let Ok(Ok(e)) = tokio::time::timeout_at(end, ev.next()).await {
+        *got.get_or_insert_default() |= e.dirty();
+    }
+    got
+}
+
+/// The kernel-side filter: tailscale's route churn in table 52 and other nftables tables
+/// never reach tsbridge, while every change of what the plan reads still does (deleting
+/// a guard rule, the table, the MagicDNS route, a main-table route, a link), also in a
+/// storm. Echoes of tsbridge's own writes are dropped, someone else's same change is not.
+#[test]
+fn kernel_filter_keeps_what_the_plan_reads_and_drops_the_rest() {
+    use tsbridge::egress::events::{Dirty, Events};
+    require_tools();
+    let l = lab();
+    let name = l.node.0.clone();
+    let (c, d) = (cfg(true, true), plan::desired(&cfg(true, true)));
+    l.node.run(move || {
+        runtime().block_on(async move {
+            let sh = |cmd: &str| sh_in(&name, cmd);
+            let mut k = Netlink::new().unwrap();
+            let ev = Events::with(tsbridge::egress::watch(&k.port_ids()), 4 << 20).unwrap();
+            assert!(ev.kernel_filtered(), "the kernel refused the filter");
+            // The kernel's own address events (IPv6 duplicate address detection finishing
+            // on the lab's links) may come at any time: only the kinds at stake count.
+            let quiet = |got: Option<Dirty>, kinds: Dirty| !got.is_some_and(|g| g.any(kinds));
+            reconcile::reconcile(&mut k, &d).unwrap();
+            let got = events_within(&ev, Duration::from_millis(300)).await;
+            assert!(
+                quiet(got, Dirty::RULES | Dirty::NFT),
+                "our own install echoed back: {got:?}"
+            );
+            // A route storm in table 52, 2000 adds and deletes: nothing arrives.
+            let mut add = String::new();
+            for i in 0..2000 {
+                add.push_str(&format!(
+                    "route add 100.96.{}.{}/32 dev tailscale0 table 52\n",
+                    i / 250,
+                    i % 250 + 1
+                ));
+            }
+            let file = format!("/tmp/{name}.storm");
+            std::fs::write(
+                &file,
+                format!("{add}{}", add.replace("route add", "route del")),
+            )
+            .unwrap();
+            sh(&format!("ip -batch {file}"));
+            let _ = std::fs::remove_file(&file);
+            sh("nft add table ip someone; nft add chain ip someone c; nft delete table ip someone");
+            sh("ip -6 route add fd7a:115c:a1e0::99/128 dev tailscale0 table 52");
+            let got = events_within(&ev, Duration::from_millis(300)).await;
+            assert!(
+                quiet(got, Dirty::ROUTES | Dirty::NFT),
+                "table-52 peer routes and foreign nft tables must be filtered: {got:?}"
+            );
+            // What the plan reads still arrives.
+            let cases = [
+                (
+                    "ip rule del pref 5110 to 10.244.0.0/16 goto 5300",
+                    Dirty::RULES,
+                ),
+                ("nft delete table inet tsbridge", Dirty::NFT),
+                ("ip route del 100.100.100.100/32 table 52", Dirty::ROUTES),
+                (
+                    "ip -6 route del fd7a:115c:a1e0::53/128 table 52",
+                    Dirty::ROUTES,
+                ),
+                ("ip route add 10.244.9.0/24 dev veth-pod", Dirty::ROUTES),
+                ("ip link set lab0-end down", Dirty::LINKS),
+            ];
+            for (cmd, kind) in cases {
+                sh(cmd);
+                let got = events_within(&ev, Duration::from_millis(200)).await;
+                assert!(got.is_some_and(|g| g.any(kind)), "{cmd}: got {got:?}");
+            }
+            // In a storm too: the MagicDNS route comes back among 2000 peer routes.
+            std::fs::write(
+                &file,
+                format!("{add}route add 100.100.100.100/32 dev tailscale0 table 52\n"),
+            )
+            .unwrap();
+            sh(&format!("ip -batch {file}"));
+            let _ = std::fs::remove_file(&file);
+            let got = events_within(&ev, Duration::from_millis(300)).await;
+            assert!(got.is_some_and(|g| g.any(Dirty::ROUTES)), "{got:?}");
+            // Our repair writes are silent; the same deletion by someone else is not.
+            reconcile::reconcile(&mut k, &d).unwrap();
+            let got = events_within(&ev, Duration::from_millis(200)).await;
+            assert!(quiet(got, Dirty::RULES | Dirty::NFT), "{got:?}");
+            let guard = plan::desired(&c)
+                .rules
+                .into_iter()
+                .find(|r| r.priority == plan::PRIO_POD)
+                .unwrap();
+            k.del_rule(&guard).unwrap();
+            k.add_rule(&guard).unwrap();
+            sh("ip rule del pref 5110 to 10.244.0.0/16 goto 5300");
+            let got = events_within(&ev, Duration::from_millis(200)).await;
+            assert!(
+                got.is_some_and(|g| g.any(Dirty::RULES)),
+                "an external deletion next to our echo: {got:?}"
+            );
+        });
+    });
+}
+
+/// Several kinds of drift in one burst (one shell, back to back): each is repaired,
+/// although the reconciler's own repair writes are ignored as echoes in between.
+#[test]
+fn a_burst_of_external_deletions_is_repaired_whole() {
+    require_tools();
+    let l = lab();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    let (_status_tx, status_rx) = tokio::sync::watch::channel(TailscaleStatus::default());
+    let (egress, health) = Egress::with_config(cfg(true, true));
+    let daemon = l.node.spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(egress.run(status_rx, shutdown))
+    });
+    let whole = |ns: &Netns| {
+        let rules = ns.sh("ip rule; ip -6 rule").matches("proto 116").count();
+        let nft = ns
+            .try_sh("nft list table inet tsbridge")
+            .map_or(0, |t| t.matches("comment").count());
+        (rules, nft) == (6, 4)
+    };
+    time_until(Duration::from_secs(5), || {
+        whole(&l.node) && health.borrow().in_sync
+    });
+    for round in 0..20 {
+        l.node.sh("ip rule del pref 5110 to 10.244.0.0/16 goto 5300
+             nft delete table inet tsbridge
+             ip rule del pref 5100 to 192.168.77.0/24 goto 5300
+             ip -6 rule del pref 5300");
+        let t = time_until(Duration::from_secs(5), || whole(&l.node));
+        assert!(t < Duration::from_secs(5), "round {round}");
+    }
+    stop.cancel();
+    daemon.join().unwrap().unwrap();
 }
 
 /// The hole of `to <CIDR> lookup main` guards: when `main` has no route for a guarded

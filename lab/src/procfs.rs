@@ -39,6 +39,45 @@ pub fn cpu_ms(pid: u32) -> f64 {
     ticks as f64 * 1000.0 / hz
 }
 
+/// Sums a per-thread reading over the process's threads (threads that already exited
+/// are not counted).
+fn over_threads(pid: u32, read: impl Fn(&std::path::Path) -> Option<u64>) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| read(&t.path()))
+        .sum()
+}
+
+/// CPU time of the process's threads so far, in nanoseconds (`schedstat`'s first field,
+/// the scheduler's own account, not clock ticks).
+pub fn cpu_ns(pid: u32) -> u64 {
+    over_threads(pid, |t| {
+        std::fs::read_to_string(t.join("schedstat"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+/// Voluntary context switches of the process's threads: each time a thread went to
+/// sleep waiting for something, so each is followed by one wake-up. Preemption by other
+/// load (involuntary switches) is not counted.
+pub fn voluntary_switches(pid: u32) -> u64 {
+    over_threads(pid, |t| {
+        std::fs::read_to_string(t.join("status"))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,8 +88,14 @@ mod tests {
         assert!(rss_kib(me) > 0);
         assert!(comm(me).is_some_and(|c| !c.is_empty()));
         let spin = std::time::Instant::now();
-        while cpu_ms(me) < 10.0 && spin.elapsed() < std::time::Duration::from_secs(5) {}
+        // cpu_ns counts live threads only (this one spins), cpu_ms the whole process.
+        while cpu_ns(me) < 10_000_000 && spin.elapsed() < std::time::Duration::from_secs(5) {}
+        assert!(cpu_ns(me) >= 10_000_000, "{}", cpu_ns(me));
         assert!(cpu_ms(me) >= 10.0);
+        let before = voluntary_switches(me);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(voluntary_switches(me) > before);
+        assert_eq!((cpu_ns(u32::MAX), voluntary_switches(u32::MAX)), (0, 0));
         assert_eq!(status_kib(me, "NoSuchField:"), 0);
         assert_eq!(comm(u32::MAX), None);
     }

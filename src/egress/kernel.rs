@@ -89,10 +89,20 @@ pub struct Netlink {
 
 impl Netlink {
     pub fn new() -> Result<Self, NlError> {
+        let route = NlSocket::new(netlink_sys::constants::NETLINK_ROUTE)?;
+        // Without strict checking (before Linux 4.20) a route dump holds every table;
+        // the table is checked here as well.
+        route.set_strict();
         Ok(Netlink {
-            route: NlSocket::new(netlink_sys::constants::NETLINK_ROUTE)?,
+            route,
             nft: NlSocket::new(netlink_sys::constants::NETLINK_NETFILTER)?,
         })
+    }
+
+    /// The netlink port ids of the sockets that write: the kernel's notifications of
+    /// those writes carry them.
+    pub fn port_ids(&self) -> [u32; 2] {
+        [self.route.port(), self.nft.port()]
     }
 
     fn rt_dump(
@@ -363,6 +373,9 @@ impl Kernel for Netlink {
         for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut m = RouteMessage::default();
             m.header.address_family = fam;
+            // Only the main table: with strict checking the kernel dumps nothing else
+            // (tailscale's table 52 can hold a route per peer).
+            m.header.table = super::plan::TABLE_MAIN as u8;
             for msg in self.rt_dump("dump routes", RouteNetlinkMessage::GetRoute(m))? {
                 let RouteNetlinkMessage::NewRoute(r) = msg else {
                     continue;

@@ -6,6 +6,7 @@
 //! `watch::Receiver<EgressHealth>` that `new` returns.
 
 pub mod events;
+pub mod filter;
 pub mod guard;
 pub mod kernel;
 pub mod nft;
@@ -21,17 +22,33 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::status::TailscaleStatus;
+use events::{Dirty, Event};
 use guard::{Identity, PodPath};
 use kernel::{Kernel, Netlink};
 use plan::{Desired, EgressConfig};
 
-/// Events within this window after the first are handled in one pass (tailscaled adds
-/// routes in bursts).
-pub const DEBOUNCE: Duration = Duration::from_millis(20);
-/// After a failed pass (e.g. a rule deleted by someone between our dump and our batch),
-/// try again after this long, doubling up to [`RETRY_MAX`] while it keeps failing.
+/// After a pass failed twice in a row (once more at once: most failures are a race with
+/// another writer between our dump and our write), try again after this long, doubling
+/// up to [`RETRY_MAX`] while it keeps failing.
 pub const RETRY: Duration = Duration::from_millis(50);
 pub const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// What the plan and the verdicts read from the kernel, for the notification filters:
+/// every route of the main table (pod, lab and default routes), the MagicDNS routes the
+/// pod-path probe asks about in any table (tailscale's per-peer routes in table 52 are
+/// not read), the table `inet tsbridge`; and the writer sockets whose echoes to ignore.
+pub fn watch(own_ports: &[u32]) -> filter::Watch {
+    let probes = [(guard::PROBE_V4, 32), (guard::PROBE_V6, 128)];
+    filter::Watch {
+        route_tables: vec![plan::TABLE_MAIN as u8],
+        route_prefixes: probes
+            .into_iter()
+            .filter_map(|(ip, len)| crate::net::Cidr::new_truncating(ip, len).ok())
+            .collect(),
+        nft_tables: vec![(filter::NFPROTO_INET, plan::NFT_TABLE.to_owned())],
+        own_ports: own_ports.to_vec(),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
@@ -99,44 +116,70 @@ impl Egress {
 
     /// Reconciles until `shutdown`, then removes what it owns. Returns an error only when
     /// it cannot talk to the kernel at all.
+    ///
+    /// No timer: a pass runs as soon as a notification that matters was drained, then
+    /// whatever arrived during the pass is drained and handled the same way, until
+    /// nothing is left. Only a pass that failed twice waits (backoff).
     pub async fn run(
         self,
         mut status: watch::Receiver<TailscaleStatus>,
         shutdown: CancellationToken,
     ) -> Result<(), EgressError> {
-        // Subscribe first: a change between the first dump and the subscription would
-        // otherwise go unnoticed.
-        let events = events::Events::new()?;
         let mut k = Netlink::new()?;
+        // Subscribe before the first dump: a change between the first dump and the
+        // subscription would otherwise go unnoticed.
+        let events = events::Events::with(watch(&k.port_ids()), 4 << 20)?;
         info!(
             rules = self.desired.rules.len(),
             nft_table = self.desired.chains.is_some(),
             snat = self.cfg.snat,
             mss_clamp = self.cfg.mss_clamp,
             tun = %self.cfg.tun,
+            kernel_filter = events.kernel_filtered(),
             "egress reconciler starting"
         );
-        let mut deadline = Some(Instant::now());
+        let mut dirty = Dirty::ALL;
         let mut status_open = true;
         let mut generation = status.borrow().tailscaled_generation;
+        let mut failed = false;
         let mut retry = RETRY;
+        let mut retry_at: Option<Instant> = None;
         loop {
+            while !dirty.is_empty() && retry_at.is_none() {
+                let d = std::mem::take(&mut dirty);
+                if self.pass(&mut k, generation, d) {
+                    failed = false;
+                    retry = RETRY;
+                } else {
+                    dirty |= d;
+                    if failed {
+                        retry_at = Some(Instant::now() + retry);
+                        retry = (retry * 2).min(RETRY_MAX);
+                    }
+                    failed = true;
+                }
+                // Coalesce: what arrived during the pass (our own echoes are ignored).
+                match events.try_drain() {
+                    Ok(ev) => dirty |= ev.map_or(Dirty::NONE, noted),
+                    Err(e) => {
+                        error!(error = %e, "reading kernel notifications failed");
+                        dirty = Dirty::ALL;
+                        break;
+                    }
+                }
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 ev = events.next() => match ev {
-                    Ok(ev) => {
-                        if ev == events::Event::Overrun {
-                            warn!("netlink notifications overran; full resync");
-                            crate::metrics::global().netlink_resynced();
-                        }
-                        deadline.get_or_insert_with(|| Instant::now() + DEBOUNCE);
-                    }
+                    Ok(ev) => dirty |= noted(ev),
                     Err(e) => {
                         error!(error = %e, "reading kernel notifications failed; retrying");
-                        deadline.get_or_insert_with(Instant::now);
+                        dirty = Dirty::ALL;
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 },
+                // The plan does not depend on tailscaled's state, only on its restarts
+                // (which flush tailscale's own rules and can race with ours).
                 r = status.changed(), if status_open => {
                     if r.is_err() {
                         status_open = false;
@@ -145,18 +188,13 @@ impl Egress {
                         if g != generation {
                             info!(generation = g, "tailscaled restarted; checking everything");
                             generation = g;
+                            dirty = Dirty::ALL;
                         }
-                        deadline.get_or_insert_with(|| Instant::now() + DEBOUNCE);
                     }
                 }
-                _ = sleep_until(deadline), if deadline.is_some() => {
-                    deadline = None;
-                    if self.pass(&mut k, generation) {
-                        retry = RETRY;
-                    } else {
-                        deadline = Some(Instant::now() + retry);
-                        retry = (retry * 2).min(RETRY_MAX);
-                    }
+                _ = sleep_until(retry_at), if retry_at.is_some() => {
+                    crate::metrics::global().woke(crate::metrics::Wake::Timer);
+                    retry_at = None;
                 }
             }
         }
@@ -171,19 +209,32 @@ impl Egress {
         Ok(())
     }
 
-    /// One reconcile pass plus verdicts; false when it must be retried.
-    fn pass(&self, k: &mut dyn Kernel, generation: u64) -> bool {
+    /// One pass over what is dirty: the rules, the nft table, the verdicts (which read
+    /// rules, routes, links and addresses). False when it must be retried.
+    fn pass(&self, k: &mut dyn Kernel, generation: u64, dirty: Dirty) -> bool {
         let began = std::time::Instant::now();
-        let res = reconcile::reconcile(k, &self.desired);
+        let parts = reconcile::Parts {
+            rules: dirty.any(Dirty::RULES),
+            nft: dirty.any(Dirty::NFT),
+        };
         let metrics = crate::metrics::global();
-        metrics.reconciled(res.is_ok(), began.elapsed());
-        let identity = guard::identity(k, &self.cfg);
-        let pod_path = guard::pod_path(k, &self.cfg);
-        let ok = res.is_ok();
+        let res = (!parts.is_empty()).then(|| {
+            let r = reconcile::reconcile_parts(k, &self.desired, parts);
+            metrics.reconciled(r.is_ok(), began.elapsed());
+            r
+        });
+        let verdicts = dirty.any(Dirty::RULES | Dirty::ROUTES | Dirty::LINKS | Dirty::ADDRS);
         let prev = self.health.borrow().clone();
+        let (identity, pod_path) = if verdicts {
+            (guard::identity(k, &self.cfg), guard::pod_path(k, &self.cfg))
+        } else {
+            (prev.identity.clone(), prev.pod_path.clone())
+        };
         let mut h = prev.clone();
+        let ok = res.as_ref().is_none_or(Result::is_ok);
         match &res {
-            Ok(ch) if !ch.is_empty() => {
+            None => {}
+            Some(Ok(ch)) if !ch.is_empty() => {
                 info!(
                     rules_added = ch.add_rules.len(),
                     rules_removed = ch.del_rules.len(),
@@ -196,11 +247,13 @@ impl Egress {
                 }
                 h.repairs += 1;
             }
-            Ok(_) => debug!("egress state in sync"),
-            Err(e) => error!(error = %e, "egress reconcile failed; retrying"),
+            Some(Ok(_)) => debug!("egress state in sync"),
+            Some(Err(e)) => error!(error = %e, "egress reconcile failed; retrying"),
         }
-        h.in_sync = ok;
-        h.last_error = res.err().map(|e| e.to_string());
+        if let Some(r) = res {
+            h.in_sync = r.is_ok();
+            h.last_error = r.err().map(|e| e.to_string());
+        }
         h.tailscaled_generation = generation;
         if identity != prev.identity {
             match &identity {
@@ -225,9 +278,19 @@ impl Egress {
         }
         h.identity = identity;
         h.pod_path = pod_path;
-        if let Ok(a) = k.addrs() {
+        // Addresses only change with an address notification (a full pass included).
+        if dirty.any(Dirty::ADDRS)
+            && let Ok(a) = k.addrs()
+        {
             h.node_addrs = guard::addrs_of(&a);
         }
+        debug!(
+            rules = parts.rules,
+            nft = parts.nft,
+            verdicts,
+            took_us = began.elapsed().as_micros() as u64,
+            "egress pass"
+        );
         self.health.send_if_modified(|cur| {
             if *cur != h {
                 *cur = h;
@@ -302,6 +365,15 @@ fn count_repairs(m: &crate::metrics::Metrics, ch: &plan::Changes) {
         };
         m.drift_repaired(kind, 1);
     }
+}
+
+/// The kinds a notification marks dirty; an overrun is logged and counted.
+fn noted(ev: Event) -> Dirty {
+    if ev == Event::Overrun {
+        warn!("netlink notifications overran; full resync");
+        crate::metrics::global().netlink_resynced();
+    }
+    ev.dirty()
 }
 
 async fn sleep_until(d: Option<Instant>) {

@@ -50,19 +50,42 @@ pub enum Answer<T> {
 pub struct NlSocket {
     sock: Socket,
     seq: u32,
+    port: u32,
+    /// One receive buffer for the socket's life.
+    buf: Vec<u8>,
 }
+
+/// Larger than any datagram the kernel sends on a request socket (dumps come in pieces
+/// of at most 32 KiB); a bigger one is read again into a grown buffer.
+const RECV_BUF: usize = 64 * 1024;
 
 impl NlSocket {
     pub fn new(protocol: isize) -> Result<Self, NlError> {
         let mut sock = Socket::new(protocol)?;
-        sock.bind_auto()?;
+        let port = sock.bind_auto()?.port_number();
         sock.set_ext_ack(true).ok();
         // A netlink socket must hold a whole dump datagram; 1 MiB is plenty.
         sock.set_rx_buf_sz(1 << 20).ok();
         let tv = nix::sys::time::TimeVal::new(2, 0);
         nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
             .map_err(io::Error::from)?;
-        Ok(NlSocket { sock, seq: 1 })
+        Ok(NlSocket {
+            sock,
+            seq: 1,
+            port,
+            buf: vec![0u8; RECV_BUF],
+        })
+    }
+
+    /// The socket's netlink port id: notifications caused by its requests carry it.
+    pub fn port(&self) -> u32 {
+        self.port
+    }
+
+    /// Strict checking of dump requests (Linux 4.20+): the kernel then honours the
+    /// request's filters (a route dump of one table) instead of sending everything.
+    pub fn set_strict(&self) -> bool {
+        self.sock.set_netlink_get_strict_chk(true).is_ok()
     }
 
     fn next_seq(&mut self) -> u32 {
@@ -90,8 +113,8 @@ impl NlSocket {
         self.send(&buf)?;
         let mut out = Vec::new();
         loop {
-            let data = self.recv(what)?;
-            for (hdr_seq, res) in split::<T>(&data) {
+            let n = self.recv(what)?;
+            for (hdr_seq, res) in split::<T>(&self.buf[..n]) {
                 if hdr_seq != seq {
                     continue;
                 }
@@ -146,8 +169,8 @@ impl NlSocket {
         let mut got = 0;
         let mut first_err = None;
         while got < acks {
-            let data = self.recv(what)?;
-            for (seq, res) in split::<netlink_packet_netfilter::NetfilterMessage>(&data) {
+            let n = self.recv(what)?;
+            for (seq, res) in split::<netlink_packet_netfilter::NetfilterMessage>(&self.buf[..n]) {
                 if !seqs.contains(&seq) {
                     continue;
                 }
@@ -192,9 +215,19 @@ impl NlSocket {
         Ok(())
     }
 
-    fn recv(&self, what: &str) -> Result<Vec<u8>, NlError> {
-        match self.sock.recv_from_full() {
-            Ok((data, _)) => Ok(data),
+    /// Receives one datagram into the socket's buffer; returns its length. A datagram
+    /// larger than the buffer is lost (the request fails and is retried, by then with
+    /// a buffer large enough).
+    fn recv(&mut self, what: &str) -> Result<usize, NlError> {
+        match self.sock.recv(&mut &mut self.buf[..], nix::libc::MSG_TRUNC) {
+            Ok(n) if n > self.buf.len() => {
+                self.buf.resize(n, 0);
+                Err(NlError::Decode {
+                    what: what.to_owned(),
+                    detail: format!("a {n}-byte answer did not fit the receive buffer"),
+                })
+            }
+            Ok(n) => Ok(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 Err(NlError::Timeout(what.to_owned()))
             }
@@ -204,9 +237,8 @@ impl NlSocket {
 
     /// Discards late answers (ACKs of an aborted batch) so they cannot be mistaken for
     /// answers to the next request.
-    fn drain(&self) {
-        let mut buf = vec![0u8; 65536];
-        while let Ok(n) = self.sock.recv(&mut &mut buf[..], libc_dontwait()) {
+    fn drain(&mut self) {
+        while let Ok(n) = self.sock.recv(&mut &mut self.buf[..], libc_dontwait()) {
             if n == 0 {
                 break;
             }

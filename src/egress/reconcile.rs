@@ -4,12 +4,48 @@ use super::kernel::Kernel;
 use super::nl::NlError;
 use super::plan::{self, Changes, Desired};
 
-/// One dump-diff-apply pass. Idempotent: a second pass right after finds nothing to do.
-/// Rules are added before any is deleted (see [`Changes`] for why and in which order).
+/// Which of tsbridge's objects a pass looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parts {
+    /// The policy rules.
+    pub rules: bool,
+    /// The nftables table.
+    pub nft: bool,
+}
+
+impl Parts {
+    pub const ALL: Parts = Parts {
+        rules: true,
+        nft: true,
+    };
+
+    pub fn is_empty(self) -> bool {
+        !self.rules && !self.nft
+    }
+}
+
+/// One dump-diff-apply pass over everything. Idempotent: a second pass right after finds
+/// nothing to do.
 pub fn reconcile(k: &mut dyn Kernel, desired: &Desired) -> Result<Changes, NlError> {
-    let rules = k.dump_rules()?;
-    let nft = k.dump_nft()?;
-    let ch = plan::diff(desired, &rules, &nft);
+    reconcile_parts(k, desired, Parts::ALL)
+}
+
+/// A pass over some parts only: the others are neither dumped nor touched. Rules are
+/// added before any is deleted (see [`Changes`] for why and in which order).
+pub fn reconcile_parts(
+    k: &mut dyn Kernel,
+    desired: &Desired,
+    parts: Parts,
+) -> Result<Changes, NlError> {
+    let mut ch = Changes::default();
+    if parts.rules {
+        let rules = k.dump_rules()?;
+        (ch.del_rules, ch.add_rules) = plan::diff_rules(&desired.rules, &rules);
+    }
+    if parts.nft {
+        let nft = k.dump_nft()?;
+        ch.nft = plan::diff_nft(desired.chains.as_deref(), &nft);
+    }
     apply(k, &ch)?;
     Ok(ch)
 }
@@ -195,6 +231,40 @@ mod tests {
         assert!(
             ch.is_empty() && k.calls.is_empty(),
             "teardown twice is harmless"
+        );
+    }
+
+    #[test]
+    fn a_pass_over_one_part_leaves_the_other_alone() {
+        let d = desired(&cfg());
+        let mut k = FakeKernel::default();
+        reconcile(&mut k, &d).unwrap();
+        k.nft = None;
+        k.rules.remove(0);
+        k.calls.clear();
+        let only_nft = Parts {
+            rules: false,
+            nft: true,
+        };
+        let ch = reconcile_parts(&mut k, &d, only_nft).unwrap();
+        assert!(ch.add_rules.is_empty() && !ch.nft.is_empty());
+        assert_eq!(k.calls, ["nft batch of 7"]);
+        assert_eq!(k.rules.len(), d.rules.len() - 1, "rules were not looked at");
+        let only_rules = Parts {
+            rules: true,
+            nft: false,
+        };
+        k.calls.clear();
+        let ch = reconcile_parts(&mut k, &d, only_rules).unwrap();
+        assert_eq!(ch.add_rules.len(), 1);
+        assert_eq!(k.calls.len(), 1, "{:?}", k.calls);
+        assert!(
+            Parts::ALL.rules
+                && !Parts {
+                    rules: false,
+                    nft: false
+                }
+                .rules
         );
     }
 
