@@ -15,6 +15,20 @@ export GOCACHE="$SHARED_CACHE/gocache" GOMODCACHE="$SHARED_CACHE/gomodcache" CGO
 export GOFLAGS="-trimpath -modcacherw"
 mkdir -p "$CACHE/bin" "$TOOLS_BIN"
 
+# The platforms the extension is built for (Go/Debian architecture names), on an amd64 host.
+ARCHES=(amd64 arm64)
+# rust_target ARCH: the Rust target tsbridge is built for on ARCH (static, musl).
+rust_target() {
+  case $1 in
+    amd64) echo x86_64-unknown-linux-musl ;;
+    arm64) echo aarch64-unknown-linux-musl ;;
+    *) die "unknown architecture $1" ;;
+  esac
+}
+# tools_bin ARCH: where scripts/tools.sh puts the Go tools built for ARCH (the host's own,
+# amd64, in .tools/bin; the others in .tools/bin/linux-ARCH).
+tools_bin() { if [ "$1" = amd64 ]; then echo "$TOOLS_BIN"; else echo "$TOOLS_BIN/linux-$1"; fi; }
+
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 # go_pin GOMOD MODULE VERSION: GOMOD must require MODULE at VERSION (from versions.env).

@@ -12,22 +12,27 @@ stage "format and lint"
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 
-stage "static release build"
-make --no-print-directory build
+stage "static release builds (amd64, and arm64 cross-linked with rust-lld)"
+make --no-print-directory build build-arm64
 
 stage "unit and integration tests (the lab tests need root, network namespaces and the tools from scripts/setup.sh)"
 [ "$(id -u)" = 0 ] || die "the integration tests build network namespaces: run as root"
 cargo test --locked --workspace
 
-stage "Talos extension image (reproducible OCI archive, read by skopeo)"
+stage "arm64: tsbridge's unit tests built for aarch64 and run under user-mode emulation (qemu-aarch64)"
+command -v qemu-aarch64 >/dev/null || die "qemu-aarch64 is missing: run scripts/setup.sh (Debian qemu-user)"
+CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=qemu-aarch64 \
+  cargo test --locked --target aarch64-unknown-linux-musl -p tsbridge --lib --bins
+
+stage "Talos extension image (amd64 and arm64 trees, one reproducible multi-arch OCI index, read by skopeo)"
 scripts/tools.sh tailscale
 scripts/extension.sh
 scripts/test-extension.sh
 
-stage "extension and tsbridge patch checked by Talos's own Go code"
+stage "both extension trees and tsbridge patch checked by Talos's own Go code"
 scripts/test-talos.sh
 
-stage "QEMU: a real kernel boots and runs dist/extension/ as Talos would"
+stage "QEMU: a real kernel boots and runs dist/extension-amd64/ as Talos would"
 tests/qemu/run.sh
 
 # Long mode (`make test-long`, TSBRIDGE_LONG=1): slow suites that CI's default run skips.

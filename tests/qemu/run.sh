@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # `make qemu-test`: boots the pinned Debian kernel under QEMU with an initramfs that runs
-# the built extension (dist/extension/, or $TSBRIDGE_QEMU_EXTENSION) exactly as Talos
+# the built extension (dist/extension-amd64/, or $TSBRIDGE_QEMU_EXTENSION) exactly as Talos
 # would, and reads the verdict from the serial console. See README "QEMU test".
 . "$(dirname "$0")/../../scripts/lib.sh"
 cd "$ROOT"
 
-EXT=${TSBRIDGE_QEMU_EXTENSION:-dist/extension}
+EXT=${TSBRIDGE_QEMU_EXTENSION:-dist/extension-amd64}
 OUT=target/qemu
 # the in-VM checks, in the order vm/vm-test.sh prints them
 CHECKS=(lab spec config-wait service-running joined key-hidden pod-address pod-name guards nft restart identity poweroff)
