@@ -29,6 +29,30 @@ rust_target() {
 # amd64, in .tools/bin; the others in .tools/bin/linux-ARCH).
 tools_bin() { if [ "$1" = amd64 ]; then echo "$TOOLS_BIN"; else echo "$TOOLS_BIN/linux-$1"; fi; }
 
+# qemu_dirs ARCH: the QEMU test's pinned packages for ARCH and where tests/qemu/fetch.sh
+# unpacks them: Q_KERNEL_PKG, Q_KERNEL_VERSION, Q_BUSYBOX_VERSION, Q_KDIR (the kernel
+# package's tree), Q_BUSYBOX (the static busybox for ARCH), Q_HOST_BUSYBOX (the host's, for
+# depmod), Q_USERLAND (arm64: Debian's ip and nft with their libraries).
+qemu_dirs() {
+  local q="$CACHE/qemu"
+  case $1 in
+    amd64)
+      Q_KERNEL_PKG=$QEMU_KERNEL_PKG Q_KERNEL_VERSION=$QEMU_KERNEL_VERSION Q_BUSYBOX_VERSION=$QEMU_BUSYBOX_VERSION
+      Q_KDIR="$q/kernel-$QEMU_KERNEL_VERSION"
+      Q_BUSYBOX="$q/busybox-${QEMU_BUSYBOX_VERSION//:/_}/bin/busybox"
+      Q_USERLAND=
+      ;;
+    arm64)
+      Q_KERNEL_PKG=$QEMU_ARM64_KERNEL_PKG Q_KERNEL_VERSION=$QEMU_ARM64_KERNEL_VERSION Q_BUSYBOX_VERSION=$QEMU_ARM64_BUSYBOX_VERSION
+      Q_KDIR="$q/arm64/kernel-$QEMU_ARM64_KERNEL_VERSION"
+      Q_BUSYBOX="$q/arm64/busybox-${QEMU_ARM64_BUSYBOX_VERSION//:/_}/bin/busybox"
+      Q_USERLAND="$q/arm64/userland"
+      ;;
+    *) die "no QEMU test for the architecture $1" ;;
+  esac
+  Q_HOST_BUSYBOX="$q/busybox-${QEMU_BUSYBOX_VERSION//:/_}/bin/busybox"
+}
+
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 # go_pin GOMOD MODULE VERSION: GOMOD must require MODULE at VERSION (from versions.env).

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Builds the QEMU test's initramfs (a gzip'ed newc cpio) from cached and built pieces:
-#   build-initramfs.sh OUT.cpio.gz EXTENSION_DIR RUNNER_BIN
+#   build-initramfs.sh OUT.cpio.gz EXTENSION_DIR RUNNER_BIN [ARCH]
+# for the VM's architecture ARCH (amd64 or arm64, default amd64), every binary built for it:
 # - busybox (static) with an applet link for every command, /sbin/modprobe included so the
 #   kernel can load modules on demand;
 # - the kernel modules the test needs with their dependency closure, a filtered
 #   modules.dep/modules.alias for busybox modprobe;
-# - Debian's ip and nft (the host's, with their shared libraries): busybox ip has no netns;
-# - headscale, tailscale, tailscaled from .tools/bin for the simulated tailnet;
+# - Debian's ip and nft with their shared libraries (busybox ip has no netns): amd64 the
+#   host's, arm64 the same packages for arm64 (fetch.sh);
+# - headscale, tailscale, tailscaled from .tools/bin (arm64: .tools/bin/linux-arm64) for
+#   the simulated tailnet;
 # - the extension tree EXTENSION_DIR/rootfs copied unchanged to / (so the spec lands in
 #   /usr/local/etc/containers/ and the service rootfs in /usr/local/lib/containers/<name>/,
 #   where Talos puts them) and EXTENSION_DIR/manifest.yaml to /usr/local/share/extension/;
@@ -16,16 +19,18 @@
 OUT=${1:?usage: build-initramfs.sh OUT EXTENSION_DIR RUNNER_BIN}
 EXT=${2:?extension dir}
 RUNNER=${3:?runner binary}
-QCACHE="$CACHE/qemu"
-KDIR="$QCACHE/kernel-$QEMU_KERNEL_VERSION"
-BUSYBOX="$QCACHE/busybox-${QEMU_BUSYBOX_VERSION//:/_}/bin/busybox"
+ARCH=${4:-amd64}
+qemu_dirs "$ARCH"
+KDIR=$Q_KDIR
+BUSYBOX=$Q_BUSYBOX
+TOOLS=$(tools_bin "$ARCH")
 KVER=$(basename "$(ls -d "$KDIR"/lib/modules/*)")
 HERE="$ROOT/tests/qemu"
 
-[ -x "$BUSYBOX" ] && [ -s "$KDIR/lib/modules/$KVER/modules.dep" ] || die "kernel/busybox not unpacked: run tests/qemu/fetch.sh"
+[ -x "$BUSYBOX" ] && [ -s "$KDIR/lib/modules/$KVER/modules.dep" ] || die "kernel/busybox not unpacked: run tests/qemu/fetch.sh $ARCH"
 [ -d "$EXT/rootfs/usr/local/etc/containers" ] || die "$EXT is not an extension tree (no rootfs/usr/local/etc/containers)"
 for t in headscale tailscale tailscaled; do
-  [ -x "$TOOLS_BIN/$t" ] || die "$TOOLS_BIN/$t missing: run scripts/tools.sh"
+  [ -x "$TOOLS/$t" ] || die "$TOOLS/$t missing: run scripts/tools.sh"
 done
 
 STAGE=$(mktemp -d "${TMPDIR:-/tmp}/tsbridge-initramfs.XXXXXX")
@@ -36,19 +41,26 @@ chmod 1777 "$R/tmp"
 
 # busybox and its applets
 install -m 0755 "$BUSYBOX" "$R/bin/busybox"
-for a in $("$BUSYBOX" --list); do
+# (a foreign busybox lists its applets under user-mode emulation)
+if [ "$ARCH" = amd64 ]; then applets=$("$BUSYBOX" --list); else applets=$(qemu-aarch64 "$BUSYBOX" --list); fi
+[ -n "$applets" ] || die "$BUSYBOX lists no applets"
+for a in $applets; do
   [ "$a" = busybox ] || ln -sf busybox "$R/bin/$a"
 done
 ln -sf ../bin/busybox "$R/sbin/modprobe"
 
 # Kernel modules: the test's list and everything they depend on (modules.dep). The MSS
-# clamp's exthdr and rt expressions are built into nf_tables.ko in 6.1.
+# clamp's exthdr and rt expressions are built into nf_tables.ko in 6.1. A module the
+# kernel has built in (modules.builtin) needs nothing.
 MODS=(tun veth overlay crc32c_generic nf_tables nft_ct nft_nat nft_masq nft_chain_nat nf_nat
   nft_fib_inet nft_fib_ipv4 nft_fib_ipv6 nft_reject_inet nf_conntrack)
 MDIR="$KDIR/lib/modules/$KVER"
 declare -A want=()
 for m in "${MODS[@]}"; do
-  line=$(grep -E "(^|/)${m//_/[_-]}\.ko(\.[a-z]+)?:" "$MDIR/modules.dep") || die "module $m not in $KVER"
+  line=$(grep -E "(^|/)${m//_/[_-]}\.ko(\.[a-z]+)?:" "$MDIR/modules.dep") || {
+    grep -qE "(^|/)${m//_/[_-]}\.ko$" "$MDIR/modules.builtin" 2>/dev/null && continue
+    die "module $m not in $KVER"
+  }
   for f in ${line/:/}; do want[$f]=1; done
 done
 mkdir -p "$R/lib/modules/$KVER"
@@ -71,12 +83,26 @@ copy_elf() {
     [ -e "$R$lib" ] || install -D -m 0755 "$(readlink -f "$lib")" "$R$lib"
   done
 }
-copy_elf "$(command -v ip)" /usr/sbin/ip
-copy_elf "$(command -v nft)" /usr/sbin/nft
+if [ "$ARCH" = amd64 ]; then
+  copy_elf "$(command -v ip)" /usr/sbin/ip
+  copy_elf "$(command -v nft)" /usr/sbin/nft
+else
+  # the arm64 packages of the same ip and nft, unpacked by fetch.sh: the binaries, and
+  # every library directory as it is (loader included)
+  [ -s "$Q_USERLAND/.unpacked" ] || die "arm64 ip/nft not unpacked: run tests/qemu/fetch.sh $ARCH"
+  for b in ip nft; do
+    f=$(find "$Q_USERLAND/bin" "$Q_USERLAND/sbin" "$Q_USERLAND/usr/bin" "$Q_USERLAND/usr/sbin" -name "$b" -type f 2>/dev/null | head -n 1)
+    [ -n "$f" ] || die "no $b in $Q_USERLAND"
+    install -D -m 0755 "$f" "$R/usr/sbin/$b"
+  done
+  for d in lib usr/lib; do
+    [ -d "$Q_USERLAND/$d" ] && mkdir -p "$R/$d" && cp -a "$Q_USERLAND/$d/." "$R/$d/"
+  done
+fi
 
 # the simulated tailnet's binaries (outside the extension: the control server and the peer)
 mkdir -p "$R/opt/lab/bin"
-for t in headscale tailscale tailscaled; do install -m 0755 "$TOOLS_BIN/$t" "$R/opt/lab/bin/$t"; done
+for t in headscale tailscale tailscaled; do install -m 0755 "$TOOLS/$t" "$R/opt/lab/bin/$t"; done
 
 # The extension, unchanged, where Talos puts it.
 cp -a "$EXT/rootfs/." "$R/"
