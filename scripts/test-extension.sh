@@ -45,6 +45,10 @@ PY
 check "one OCI image index with exactly the platforms ${ARCHES[*]}" \
   test "$(echo $platforms)" = "$(printf 'linux/%s ' "${ARCHES[@]}" | sed 's/ $//')"
 
+# What `skopeo copy --all ... docker://REGISTRY/...` pushes: the whole index, unchanged.
+skopeo copy --all --quiet "oci-archive:$ARCHIVE" "oci:$tmp/all:x" || die "skopeo copy --all failed"
+check "skopeo copy --all keeps the index (same digest)" test "$(skopeo inspect --raw "oci:$tmp/all:x" | sha256sum | cut -d' ' -f1)" = "$d1"
+
 listing() { (cd "$1" && find . -mindepth 1 -printf '%P %y %m %s\n' | LC_ALL=C sort); }
 # machine ARCH: file(1)'s name for the ELF machine of ARCH
 machine() { case $1 in amd64) echo x86-64 ;; arm64) echo "ARM aarch64" ;; esac; }

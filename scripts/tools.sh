@@ -25,10 +25,10 @@ install_tool() {
       # go install refuses GOBIN when cross-compiling: it writes GOPATH/bin/linux_ARCH/.
       GOPATH="$tmp" GOOS=linux GOARCH="$arch" go install -ldflags="-s -w" "$pkg@$version" ||
         die "go install $pkg@$version for linux/$arch failed"
-      mv "$tmp/bin/linux_$arch/$name" "$tmp/$name" && rm -rf "$tmp/bin"
+      mv "$tmp/bin/linux_$arch/$name" "$tmp/$name"
     fi
     mkdir -p "$dir"
-    mv "$tmp/$name" "$dir/$name" && rmdir "$tmp"
+    mv "$tmp/$name" "$dir/$name" && rm -rf "$tmp"
   fi
   mkdir -p "$dest"
   install -m 0755 "$dir/$name" "$dest/$name"

@@ -88,16 +88,15 @@ if [ "$ARCH" = amd64 ]; then
   copy_elf "$(command -v nft)" /usr/sbin/nft
 else
   # the arm64 packages of the same ip and nft, unpacked by fetch.sh: the binaries, and
-  # every library directory as it is (loader included)
+  # their shared libraries where the packages put them (the loader included)
   [ -s "$Q_USERLAND/.unpacked" ] || die "arm64 ip/nft not unpacked: run tests/qemu/fetch.sh $ARCH"
   for b in ip nft; do
     f=$(find "$Q_USERLAND/bin" "$Q_USERLAND/sbin" "$Q_USERLAND/usr/bin" "$Q_USERLAND/usr/sbin" -name "$b" -type f 2>/dev/null | head -n 1)
     [ -n "$f" ] || die "no $b in $Q_USERLAND"
     install -D -m 0755 "$f" "$R/usr/sbin/$b"
   done
-  for d in lib usr/lib; do
-    [ -d "$Q_USERLAND/$d" ] && mkdir -p "$R/$d" && cp -a "$Q_USERLAND/$d/." "$R/$d/"
-  done
+  (cd "$Q_USERLAND" && find lib usr/lib -maxdepth 2 \( -type f -o -type l \) -name '*.so*' -print0 |
+    xargs -0 cp -a --parents -t "$R") || die "copying the arm64 libraries failed"
 fi
 
 # the simulated tailnet's binaries (outside the extension: the control server and the peer)

@@ -59,20 +59,43 @@ if [ ! -s "$Q_KDIR/lib/modules/$kver/modules.dep" ]; then
   "$Q_HOST_BUSYBOX" depmod -b "$Q_KDIR" "$kver" || die "depmod $kver failed"
 fi
 
+# owner FILE: the package of FILE, under either name merged /usr gives it
+owner() {
+  local f=$1 alt
+  case $f in /usr/*) alt=${f#/usr} ;; *) alt=/usr$f ;; esac
+  dpkg-query -S "$f" 2>/dev/null || dpkg-query -S "$alt" 2>/dev/null || die "no package owns $f"
+}
+# foreign_version PKG HOST_VERSION: the version of PKG for ARCH built from the same source
+# upload as the host's (binNMU suffixes +bN differ between architectures), or, when the
+# archive no longer has that upload for ARCH, its current one.
+foreign_version() {
+  local base=${2%+b[0-9]*} v
+  for v in $(apt-cache madison "$1:$ARCH" | awk -F'|' '{ gsub(/ /, "", $2); print $2 }'); do
+    [ "${v%+b[0-9]*}" = "$base" ] && { echo "$v"; return; }
+  done
+  v=$(apt-cache policy "$1:$ARCH" | awk '/Candidate:/ { print $2 }')
+  [ -n "$v" ] && [ "$v" != "(none)" ] || die "apt knows no $1:$ARCH"
+  log "$1:$ARCH $2 is not in the archive: using $v"
+  echo "$v"
+}
+
 if [ "$ARCH" != amd64 ]; then
-  # The packages of the host's ip and nft and of every library they link, at the host's
-  # versions (the same build for another architecture); unpacked again when they change.
-  pkgs=$(for f in $(command -v ip) $(command -v nft) $(ldd "$(command -v ip)" "$(command -v nft)" | grep -oE '/[^ ]+\.so[^ ]*'); do
-    dpkg-query -S "$(readlink -f "$f")" 2>/dev/null || dpkg-query -S "$f"
-  done | cut -d: -f1 | sort -u) || die "cannot tell which packages the host's ip and nft come from"
-  want=$(for p in $pkgs; do printf '%s=%s\n' "$p" "$(dpkg-query -W -f='${Version}' "$p")"; done)
+  # iproute2 and nftables and the packages of every library the host's ip and nft link,
+  # in the versions for ARCH of the host's (the same build for another architecture);
+  # unpacked again when they change.
+  libs=$(ldd "$(command -v ip)" "$(command -v nft)" | grep -oE '/[^ ]+\.so[^ ]*' | sort -u)
+  pkgs=$({
+    echo iproute2 nftables
+    for f in $libs; do owner "$f" | cut -d: -f1; done
+  } | tr ' ' '\n' | sort -u)
+  want=$(for p in $pkgs; do printf '%s=%s\n' "$p" "$(foreign_version "$p" "$(dpkg-query -W -f='${Version}' "$p")")"; done)
   if [ "$(cat "$Q_USERLAND/.unpacked" 2>/dev/null)" != "$want" ]; then
     rm -rf "$Q_USERLAND" && mkdir -p "$Q_USERLAND"
     for pv in $want; do
       fetch "${pv%%=*}" "${pv#*=}"
-      log "dpkg -x $pv ($ARCH) into $Q_USERLAND"
       dpkg -x "$DEBS/$(deb_file "${pv%%=*}" "${pv#*=}")" "$Q_USERLAND" || die "dpkg -x $pv failed"
     done
+    log "unpacked for $ARCH into $Q_USERLAND: $(echo $want)"
     echo "$want" >"$Q_USERLAND/.unpacked"
   fi
 fi

@@ -46,7 +46,7 @@ for c in "${SKIP[@]}"; do
 done
 
 [ -d "$EXT/rootfs" ] || die "$EXT is missing: run \`make extension\` first"
-command -v "${QEMU[0]}" >/dev/null || die "${QEMU[0]} is missing: run scripts/setup.sh"
+[ -n "$(command -v "${QEMU[0]}")" ] || die "${QEMU[0]} is missing: run scripts/setup.sh"
 tests/qemu/fetch.sh "$ARCH"
 qemu_dirs "$ARCH"
 "$ROOT/scripts/tools.sh" >/dev/null
