@@ -8,7 +8,7 @@ ARM64_BIN := target/$(ARM64_TARGET)/release/tsbridge
 # The release binary must stay small (see README).
 MAX_SIZE := 2621440
 
-.PHONY: all setup tools build build-arm64 lab test unit lint check-binary extension test-extension test-talos qemu-test test-long fuzz bench
+.PHONY: all setup tools build build-arm64 lab test unit lint check-binary extension test-extension test-talos qemu-test qemu-test-arm64 test-long fuzz bench
 
 all: build
 
@@ -52,6 +52,10 @@ test-talos: extension
 # Boots a real kernel under QEMU that runs dist/extension-amd64/ as Talos would (tests/qemu).
 qemu-test: extension
 	tests/qemu/run.sh
+
+# The same with the arm64 kernel, busybox and dist/extension-arm64/ under qemu-system-aarch64.
+qemu-test-arm64: extension
+	TSBRIDGE_QEMU_ARCH=arm64 tests/qemu/run.sh
 
 # The main job: the network-namespace lab demo (headscale, a peer, a node running tsbridge).
 lab: setup build

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A first run on a machine that never ran the project, every CI run (issue 10): the set-up
-# (scripts/setup.sh) and the QEMU test's fetch (tests/qemu/fetch.sh), run from a copy of
+# (scripts/setup.sh) and the QEMU tests' fetch (tests/qemu/fetch.sh arm64, which fetches
+# the amd64 packages first), run from a copy of
 # the checkout without .tools/, against an artifact cache that does not exist yet
 # (TSBRIDGE_CACHE). Go's build and module caches and the pinned .deb downloads stay shared
 # (TSBRIDGE_SHARED_CACHE: content-addressed, so this costs links and copies, not
@@ -23,15 +24,17 @@ start=$(date +%s)
 log "set-up on a cold cache: TSBRIDGE_CACHE=$cache (absent), Go caches and .deb downloads from $SHARED_CACHE"
 (
   export TSBRIDGE_CACHE="$cache" TSBRIDGE_SHARED_CACHE="$SHARED_CACHE"
-  "$src/scripts/setup.sh" && "$src/tests/qemu/fetch.sh"
+  "$src/scripts/setup.sh" && "$src/tests/qemu/fetch.sh" arm64
 ) || die "the set-up failed on a cold cache (TSBRIDGE_CACHE=$cache did not exist): a first \`make test\` on a new machine fails the same way"
 
 # What the suite then needs is in place, in the new cache and the copy only.
-for t in tailscale tailscaled headscale; do
+for t in tailscale tailscaled headscale linux-arm64/tailscale linux-arm64/tailscaled linux-arm64/headscale; do
   [ -x "$src/.tools/bin/$t" ] || die "cold set-up: .tools/bin/$t missing"
 done
-ls "$cache/qemu/kernel-$QEMU_KERNEL_VERSION"/boot/vmlinuz-* >/dev/null 2>&1 ||
-  die "cold set-up: no kernel unpacked in $cache/qemu"
+for arch in "${ARCHES[@]}"; do
+  (CACHE=$cache && qemu_dirs "$arch" && ls "$Q_KDIR"/boot/vmlinuz-* && [ -x "$Q_BUSYBOX" ]) >/dev/null 2>&1 ||
+    die "cold set-up: no $arch kernel or busybox unpacked in $cache/qemu"
+done
 log "cold set-up passed in $(($(date +%s) - start)) s"
 
 python3 scripts/check-packages.py --self-test >"$cold/packages.txt" ||

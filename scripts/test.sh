@@ -35,6 +35,9 @@ scripts/test-talos.sh
 stage "QEMU: a real kernel boots and runs dist/extension-amd64/ as Talos would"
 tests/qemu/run.sh
 
+stage "QEMU arm64: the arm64 kernel boots and runs dist/extension-arm64/ (qemu-system-aarch64, TCG)"
+TSBRIDGE_QEMU_ARCH=arm64 tests/qemu/run.sh
+
 # Long mode (`make test-long`, TSBRIDGE_LONG=1): slow suites that CI's default run skips.
 if [ "${TSBRIDGE_LONG:-0}" = 1 ]; then
   stage "fuzzing (long mode, ${TSBRIDGE_FUZZ_SECONDS:-60}s per target)"

@@ -37,14 +37,6 @@ diag() {
   echo "---- end of diagnostics ----"
 }
 fail() { echo "FAIL $1: $2 (t=$(t)s)"; diag; exit 1; }
-# The host may skip the checks the later ones do not build on (config-wait, restart,
-# identity) to save emulation time: tsbridge.skip=a,b on the kernel command line.
-SKIP=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^tsbridge\.skip=//p' | tr ',' ' ')
-wanted() {
-  case " $SKIP " in
-    *" $1 "*) echo "SKIP $1 (t=$(t)s)"; return 1 ;;
-  esac
-}
 # wait_for SECONDS CMD...: retries CMD every half second
 wait_for() {
   local limit=$1 end
@@ -227,15 +219,13 @@ node_ip() { $LAB/tailscale --socket=$NODE_SOCK ip -4 2>/dev/null | grep '^100\.'
 backend_running() { $LAB/tailscale --socket=$NODE_SOCK status --json 2>/dev/null | grep -q '"BackendState": "Running"'; }
 
 # no ExtensionServiceConfig yet: `configuration: true` must keep the service waiting
-if wanted config-wait; then
-  start_runner
-  sleep 3
-  [ "$(state)" = Waiting ] || fail config-wait "ext-tailscale is $(state) without an ExtensionServiceConfig"
-  grep -q 'ext-tailscale Waiting: Waiting for ExtensionServiceConfig tailscale' "$RUNNER_LOG" ||
-    fail config-wait "ext-tailscale does not wait for its ExtensionServiceConfig"
-  stop_runner
-  check config-wait "without an ExtensionServiceConfig ext-tailscale waits (depends: configuration)"
-fi
+start_runner
+sleep 3
+[ "$(state)" = Waiting ] || fail config-wait "ext-tailscale is $(state) without an ExtensionServiceConfig"
+grep -q 'ext-tailscale Waiting: Waiting for ExtensionServiceConfig tailscale' "$RUNNER_LOG" ||
+  fail config-wait "ext-tailscale does not wait for its ExtensionServiceConfig"
+stop_runner
+check config-wait "without an ExtensionServiceConfig ext-tailscale waits (depends: configuration)"
 
 write_config "$NODE_KEY"
 start_runner
@@ -314,58 +304,54 @@ NFT_N=$(echo "$table" | grep -c -E 'masquerade|maxseg')
 check nft "table inet tsbridge with pod masquerade and MSS clamp"
 
 # ------------------------- restart: always: the service dies (SIGKILL), Talos restarts it
-if wanted restart; then
-  OLD_PID=$(cut -d' ' -f2 /run/talos-runner/ext-tailscale)
-  log_lines=$(wc -l </var/log/ext-tailscale.log)
-  kill -KILL "$OLD_PID"
-  new_pid() { [ "$(state)" = Running ] && [ "$(cut -d' ' -f2 /run/talos-runner/ext-tailscale)" != "$OLD_PID" ]; }
-  wait_for 30 new_pid || fail restart "ext-tailscale was not restarted after SIGKILL (state: $(state))"
-  # The rules and the table were left in place: counting them proves nothing until the new
-  # instance has reconciled, and its first pass must adopt them (change nothing).
-  first_pass() { tail -n +"$((log_lines + 1))" /var/log/ext-tailscale.log | grep -m1 -E 'egress state (in sync|reconciled)|egress reconcile failed'; }
-  wait_for 60 first_pass || fail restart "the restarted service logged no reconcile pass"
-  case "$(first_pass)" in *"in sync"*) ;; *) fail restart "the restarted service's first pass did not adopt the state: $(first_pass)" ;; esac
-  wait_for 120 backend_running || fail restart "the node's tailscaled is not Running after the restart"
-  [ "$(node_ip)" = "$NODE_IP" ] || fail restart "the node's address changed after the restart"
-  wait_for 30 in_ns pod ping -c1 -W2 "$PEER_IP" || fail restart "the pod cannot reach the peer after the restart"
-  n=$( ($IP rule; $IP -6 rule) | grep -c 'proto 116')
-  [ "$n" = "$RULES_N" ] || fail restart "$n tsbridge rules after the restart, $RULES_N before: $( ($IP rule; $IP -6 rule) | grep 'proto 116')"
-  n=$($NFT list table inet tsbridge | grep -c -E 'masquerade|maxseg')
-  [ "$n" = "$NFT_N" ] || fail restart "$n masquerade/clamp rules after the restart, $NFT_N before"
-  check restart "killed with SIGKILL, restarted (restart: always), state adopted by the first pass, same address, pod reaches the peer, no duplicate rules"
-fi
+OLD_PID=$(cut -d' ' -f2 /run/talos-runner/ext-tailscale)
+log_lines=$(wc -l </var/log/ext-tailscale.log)
+kill -KILL "$OLD_PID"
+new_pid() { [ "$(state)" = Running ] && [ "$(cut -d' ' -f2 /run/talos-runner/ext-tailscale)" != "$OLD_PID" ]; }
+wait_for 30 new_pid || fail restart "ext-tailscale was not restarted after SIGKILL (state: $(state))"
+# The rules and the table were left in place: counting them proves nothing until the new
+# instance has reconciled, and its first pass must adopt them (change nothing).
+first_pass() { tail -n +"$((log_lines + 1))" /var/log/ext-tailscale.log | grep -m1 -E 'egress state (in sync|reconciled)|egress reconcile failed'; }
+wait_for 60 first_pass || fail restart "the restarted service logged no reconcile pass"
+case "$(first_pass)" in *"in sync"*) ;; *) fail restart "the restarted service's first pass did not adopt the state: $(first_pass)" ;; esac
+wait_for 120 backend_running || fail restart "the node's tailscaled is not Running after the restart"
+[ "$(node_ip)" = "$NODE_IP" ] || fail restart "the node's address changed after the restart"
+wait_for 30 in_ns pod ping -c1 -W2 "$PEER_IP" || fail restart "the pod cannot reach the peer after the restart"
+n=$( ($IP rule; $IP -6 rule) | grep -c 'proto 116')
+[ "$n" = "$RULES_N" ] || fail restart "$n tsbridge rules after the restart, $RULES_N before: $( ($IP rule; $IP -6 rule) | grep 'proto 116')"
+n=$($NFT list table inet tsbridge | grep -c -E 'masquerade|maxseg')
+[ "$n" = "$NFT_N" ] || fail restart "$n masquerade/clamp rules after the restart, $NFT_N before"
+check restart "killed with SIGKILL, restarted (restart: always), state adopted by the first pass, same address, pod reaches the peer, no duplicate rules"
 
 # ------------------------------------- config change: stop, new config without key, start
-if wanted identity; then
-  log_lines=$(wc -l </var/log/ext-tailscale.log)
-  stop_runner
-  ms=$STOP_MS
-  svc_s=$(sed -n 's/.*task exited \([0-9.]*\) s after SIGTERM.*/\1/p' "$RUNNER_LOG" | tail -n 1)
-  # For the record (the console): how this stop went, in tsbridge's own words.
-  tail -n +"$((log_lines + 1))" /var/log/ext-tailscale.log |
-    awk '!/source="tailscaled"/ || /got signal|flushing log/ { print "identity stop: " $0 }'
-  write_config "" repeated
-  grep -q TS_AUTHKEY "$MC" && fail identity "the new config still has the key"
-  log_lines=$(wc -l </var/log/ext-tailscale.log)
-  start_runner
-  wait_for 60 svc_running ||
-    fail identity "ext-tailscale is not Running again (state: $(state))"
-  pid1=$(cut -d' ' -f2 /run/talos-runner/ext-tailscale)
-  wait_for 10 is_tsbridge || fail identity "PID $pid1 is not tsbridge"
-  levels=$(tr '\0' '\n' <"/proc/$pid1/environ" | grep '^TSBRIDGE_LOG_LEVEL=' | tr '\n' ' ')
-  [ "$levels" = "TSBRIDGE_LOG_LEVEL=warn TSBRIDGE_LOG_LEVEL=info " ] ||
-    fail identity "the service's environment has '$levels', Talos passes both copies in order"
-  wait_for 180 backend_running || fail identity "the node's tailscaled is not Running after the restart without a key"
-  NEW_IP=$(node_ip)
-  [ "$NEW_IP" = "$NODE_IP" ] || fail identity "the node's address changed from $NODE_IP to '$NEW_IP'"
-  list=$(hs nodes list -o json)
-  nodes=$(echo "$list" | tr -d ' \n' | grep -o '"given_name":"node1[^"]*"' | wc -l)
-  [ "$nodes" = 1 ] || fail identity "headscale has $nodes nodes named node1: $list"
-  wait_for 60 in_ns pod ping -c1 -W2 "$PEER_IP" || fail identity "the pod cannot reach the peer after the restart"
-  tail -n +"$((log_lines + 1))" /var/log/ext-tailscale.log | grep -q ' INFO ' ||
-    fail identity "no INFO lines with TSBRIDGE_LOG_LEVEL=warn then =info: the first value won"
-  check identity "after stop (service exited ${svc_s} s after SIGTERM, runner ${ms} ms), new ExtensionServiceConfig without TS_AUTHKEY, start: still node1 = $NODE_IP, pod reaches the peer; a repeated variable: last value wins"
-fi
+log_lines=$(wc -l </var/log/ext-tailscale.log)
+stop_runner
+ms=$STOP_MS
+svc_s=$(sed -n 's/.*task exited \([0-9.]*\) s after SIGTERM.*/\1/p' "$RUNNER_LOG" | tail -n 1)
+# For the record (the console): how this stop went, in tsbridge's own words.
+tail -n +"$((log_lines + 1))" /var/log/ext-tailscale.log |
+  awk '!/source="tailscaled"/ || /got signal|flushing log/ { print "identity stop: " $0 }'
+write_config "" repeated
+grep -q TS_AUTHKEY "$MC" && fail identity "the new config still has the key"
+log_lines=$(wc -l </var/log/ext-tailscale.log)
+start_runner
+wait_for 60 svc_running ||
+  fail identity "ext-tailscale is not Running again (state: $(state))"
+pid1=$(cut -d' ' -f2 /run/talos-runner/ext-tailscale)
+wait_for 10 is_tsbridge || fail identity "PID $pid1 is not tsbridge"
+levels=$(tr '\0' '\n' <"/proc/$pid1/environ" | grep '^TSBRIDGE_LOG_LEVEL=' | tr '\n' ' ')
+[ "$levels" = "TSBRIDGE_LOG_LEVEL=warn TSBRIDGE_LOG_LEVEL=info " ] ||
+  fail identity "the service's environment has '$levels', Talos passes both copies in order"
+wait_for 180 backend_running || fail identity "the node's tailscaled is not Running after the restart without a key"
+NEW_IP=$(node_ip)
+[ "$NEW_IP" = "$NODE_IP" ] || fail identity "the node's address changed from $NODE_IP to '$NEW_IP'"
+list=$(hs nodes list -o json)
+nodes=$(echo "$list" | tr -d ' \n' | grep -o '"given_name":"node1[^"]*"' | wc -l)
+[ "$nodes" = 1 ] || fail identity "headscale has $nodes nodes named node1: $list"
+wait_for 60 in_ns pod ping -c1 -W2 "$PEER_IP" || fail identity "the pod cannot reach the peer after the restart"
+tail -n +"$((log_lines + 1))" /var/log/ext-tailscale.log | grep -q ' INFO ' ||
+  fail identity "no INFO lines with TSBRIDGE_LOG_LEVEL=warn then =info: the first value won"
+check identity "after stop (service exited ${svc_s} s after SIGTERM, runner ${ms} ms), new ExtensionServiceConfig without TS_AUTHKEY, start: still node1 = $NODE_IP, pod reaches the peer; a repeated variable: last value wins"
 
 # --------------------------------------- poweroff: Talos stops services, then powers off
 # The runner stops the service as Talos does: SIGTERM to every process of the container at
