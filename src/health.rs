@@ -179,6 +179,7 @@ pub fn egress_checks(e: &crate::egress::EgressHealth) -> (Check, Check) {
         PodPath::Problem(p) | PodPath::Unconfigured(p) => Check::Fail(p.clone()),
         PodPath::NoPods(why) => Check::Unverified(format!("no pods yet, unverified: {why}")),
         PodPath::Unknown(why) => Check::Fail(format!("not verified: {why}")),
+        PodPath::BpfDatapath { why, check } => Check::Unverified(format!("{why}; check: {check}")),
     };
     (reconciled, pod_path)
 }
