@@ -461,6 +461,18 @@ mod tests {
         e.pod_path = PodPath::NoPods("no route into TSBRIDGE_POD_CIDRS".into());
         let (_, p) = egress_checks(&e);
         assert!(matches!(p, Check::Unverified(ref s) if s.starts_with("no pods yet, unverified")));
+        // A BPF datapath: unverified (ready, never ok), with what to check.
+        e.pod_path = PodPath::BpfDatapath {
+            why: "Cilium on this node (...); unverified".into(),
+            check: "bpf.hostLegacyRouting=true".into(),
+        };
+        let (_, p) = egress_checks(&e);
+        assert_eq!(
+            p,
+            Check::Unverified(
+                "Cilium on this node (...); unverified; check: bpf.hostLegacyRouting=true".into()
+            )
+        );
     }
 
     #[tokio::test]
