@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # build themselves (scripts/tools.sh, bench/tools.sh, tests/qemu/run.sh, cargo).
 PREREQUISITES = {"cargo", "rustc", "rustup", "go", "make", "git"}
 BUILT = {"tsbridge", "tsbridge-lab", "tailscale", "tailscaled", "headscale", "containerboot",
-         "talos-runner", "cargo-fuzz"}
+         "talos-runner", "cargo-fuzz", "cnitool"}
 KEYWORDS = {"if", "then", "else", "elif", "fi", "do", "done", "while", "until", "for", "in",
             "case", "esac", "select", "function", "!", "{", "}", "[[", "]]", "time", "coproc"}
 # Words that run the command that follows their options.

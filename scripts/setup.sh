@@ -22,10 +22,11 @@ done
 # python3 (scripts/oci.py), curl (the LocalAPI fixture recorder in tests/lab.rs),
 # tinyproxy-bin (the HTTP proxy of the lab's proxy test; the binary only, no service started
 # on this machine), openssl (the lab's HTTPS control server certificate), wireguard-tools
-# (`wg`, configures the userspace WireGuard of the KubeSpan lab test) and tcpdump (its
-# capture on the lab link).
+# (`wg`, configures the userspace WireGuard of the KubeSpan lab test), tcpdump (its
+# capture on the lab link), iptables (flannel's iptables-nft rules in the CNI lab test) and
+# conntrack (the NAT bindings it counts).
 # scripts/check-packages.py fails when a command the suite runs needs a package not listed.
-PKGS=(iproute2 iputils-ping nftables file iperf3 skopeo qemu-system-x86 qemu-system-arm qemu-user cpio dpkg-dev procps python3 curl tinyproxy-bin openssl wireguard-tools tcpdump)
+PKGS=(iproute2 iputils-ping nftables file iperf3 skopeo qemu-system-x86 qemu-system-arm qemu-user cpio dpkg-dev procps python3 curl tinyproxy-bin openssl wireguard-tools tcpdump iptables conntrack)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

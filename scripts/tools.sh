@@ -3,7 +3,8 @@
 # tailscale, tailscaled (tailscale.com; also for arm64 into .tools/bin/linux-arm64, for the
 # arm64 extension and the arm64 QEMU test's peer), containerboot (what the official Talos extension
 # runs: the lab's migration tests and the benchmarks), coredns (the lab's cluster DNS),
-# wireguard (wireguard-go, the KubeSpan lab test's WireGuard) and headscale. Builds are
+# wireguard (wireguard-go, the KubeSpan lab test's WireGuard), the CNI reference plugins
+# bridge and host-local with cnitool (the CNI lab test) and headscale. Builds are
 # cached per version in $TSBRIDGE_CACHE, so the second run (and CI on the same machine)
 # only copies.
 . "$(dirname "$0")/lib.sh"
@@ -48,6 +49,11 @@ install_tool containerboot tailscale.com/cmd/containerboot "$TAILSCALE_VERSION"
 install_tool coredns github.com/coredns/coredns "$COREDNS_VERSION"
 # The KubeSpan lab test's WireGuard (the machines' kernel has no wireguard module).
 install_tool wireguard golang.zx2c4.com/wireguard "$WIREGUARD_GO_VERSION"
+
+# The CNI lab test: the reference plugins flannel delegates to, and cnitool to run them.
+install_tool bridge github.com/containernetworking/plugins/plugins/main/bridge "$CNI_PLUGINS_VERSION"
+install_tool host-local github.com/containernetworking/plugins/plugins/ipam/host-local "$CNI_PLUGINS_VERSION"
+install_tool cnitool github.com/containernetworking/cni/cnitool "$CNITOOL_VERSION"
 
 # headscale: built from scripts/tools/headscale/go.mod (see the comment there for why not
 # `go install`); the version there must match versions.env.

@@ -141,7 +141,9 @@ pub fn render_text(items: &[Item]) -> String {
         };
         out.push_str(&format!("{mark} {:<13} {}\n", i.name, one_line(&i.detail)));
         if let Some(f) = &i.fix {
-            out.push_str(&format!("     {:<13} fix: {}\n", "", one_line(f)));
+            // An unverified part names what to check; a failed one what to fix.
+            let label = if i.unverified { "check" } else { "fix" };
+            out.push_str(&format!("     {:<13} {label}: {}\n", "", one_line(f)));
         }
     }
     let failed = items.iter().filter(|i| !i.ok && !i.unverified).count();
@@ -532,6 +534,10 @@ fn pod_path_item(p: &PodPath) -> Item {
             "set TSBRIDGE_POD_CIDRS to the cluster's podSubnets, every family (`tsbridge patch --pod-cidr ...` writes it)",
         ),
         PodPath::NoPods(why) => unverified(NAME, format!("no pods yet, unverified: {why}")),
+        PodPath::BpfDatapath { why, check } => Item {
+            fix: Some(check.clone()),
+            ..unverified(NAME, why.clone())
+        },
         PodPath::Unknown(why) => fail(
             NAME,
             format!("not verified: {why}"),
@@ -771,6 +777,29 @@ mod tests {
         assert!(p.ok && p.fix.is_none());
         let p = pod_path_item(&PodPath::Unconfigured("10.0.1.0/24 dev cilium_host".into()));
         assert!(!p.ok && !p.unverified && p.fix.unwrap().contains("TSBRIDGE_POD_CIDRS"));
+    }
+
+    #[test]
+    fn a_bpf_datapath_is_skipped_with_the_setting_to_check() {
+        let items = vec![
+            pass("config", "valid"),
+            pod_path_item(&PodPath::BpfDatapath {
+                why: "Cilium on this node (...): ...; unverified".into(),
+                check: "Helm `bpf.hostLegacyRouting=true`".into(),
+            }),
+        ];
+        assert!(!items[1].ok && items[1].unverified);
+        assert_eq!(exit_code(&items), ExitCode::from(3));
+        let text = render_text(&items);
+        assert!(
+            text.contains("skip pod-path      Cilium on this node"),
+            "{text}"
+        );
+        assert!(
+            text.contains("check: Helm `bpf.hostLegacyRouting=true`"),
+            "{text}"
+        );
+        assert!(!text.contains("all checks passed"), "{text}");
     }
 
     #[test]

@@ -179,6 +179,7 @@ pub fn egress_checks(e: &crate::egress::EgressHealth) -> (Check, Check) {
         PodPath::Problem(p) | PodPath::Unconfigured(p) => Check::Fail(p.clone()),
         PodPath::NoPods(why) => Check::Unverified(format!("no pods yet, unverified: {why}")),
         PodPath::Unknown(why) => Check::Fail(format!("not verified: {why}")),
+        PodPath::BpfDatapath { why, check } => Check::Unverified(format!("{why}; check: {check}")),
     };
     (reconciled, pod_path)
 }
@@ -460,6 +461,18 @@ mod tests {
         e.pod_path = PodPath::NoPods("no route into TSBRIDGE_POD_CIDRS".into());
         let (_, p) = egress_checks(&e);
         assert!(matches!(p, Check::Unverified(ref s) if s.starts_with("no pods yet, unverified")));
+        // A BPF datapath: unverified (ready, never ok), with what to check.
+        e.pod_path = PodPath::BpfDatapath {
+            why: "Cilium on this node (...); unverified".into(),
+            check: "bpf.hostLegacyRouting=true".into(),
+        };
+        let (_, p) = egress_checks(&e);
+        assert_eq!(
+            p,
+            Check::Unverified(
+                "Cilium on this node (...); unverified; check: bpf.hostLegacyRouting=true".into()
+            )
+        );
     }
 
     #[tokio::test]

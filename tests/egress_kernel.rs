@@ -456,6 +456,126 @@ fn pod_path_verdict_sees_a_broken_path() {
     });
 }
 
+/// Real BPF programs for the datapath detection: a two-instruction `sched_cls` program
+/// loaded with `bpf(2)` and attached through tcx (a BPF link), as Cilium 1.16+ attaches
+/// its programs on Linux 6.6 and later.
+mod bpf {
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    const BPF_PROG_LOAD: nix::libc::c_long = 5;
+    const BPF_LINK_CREATE: nix::libc::c_long = 28;
+    const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+    pub const BPF_TCX_INGRESS: u32 = 46;
+
+    fn sys_bpf(cmd: nix::libc::c_long, attr: &mut [u8]) -> std::io::Result<OwnedFd> {
+        // SAFETY: `attr` is a zero-padded `union bpf_attr` of the size given.
+        let rc = unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_bpf,
+                cmd,
+                attr.as_mut_ptr(),
+                attr.len() as nix::libc::c_uint,
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) })
+    }
+
+    /// `r0 = -1 (TCX_NEXT); exit`: passes every packet on.
+    pub fn load_pass_program() -> std::io::Result<OwnedFd> {
+        let mut insns = Vec::new();
+        insns.extend_from_slice(&[0xb7, 0x00, 0, 0]);
+        insns.extend_from_slice(&(-1i32).to_le_bytes());
+        insns.extend_from_slice(&[0x95, 0, 0, 0, 0, 0, 0, 0]);
+        let license = b"GPL\0";
+        let mut attr = [0u8; 128];
+        attr[0..4].copy_from_slice(&BPF_PROG_TYPE_SCHED_CLS.to_ne_bytes());
+        attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
+        attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+        attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+        attr[48..61].copy_from_slice(b"cil_from_cont");
+        sys_bpf(BPF_PROG_LOAD, &mut attr)
+    }
+
+    /// Attaches `prog` to `ifindex` at `attach_type` through a BPF link (detached when
+    /// the returned descriptor is closed).
+    pub fn link_create(prog: &OwnedFd, ifindex: u32, attach_type: u32) -> std::io::Result<OwnedFd> {
+        use std::os::fd::AsRawFd;
+        let mut attr = [0u8; 64];
+        attr[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
+        attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+        attr[8..12].copy_from_slice(&attach_type.to_ne_bytes());
+        sys_bpf(BPF_LINK_CREATE, &mut attr)
+    }
+}
+
+#[test]
+fn bpf_programs_on_pod_interfaces_make_the_pod_path_unverified() {
+    require_tools();
+    let l = lab();
+    // Plain (flannel-like) node: the route verdict stands, and it is ok.
+    l.node.run(|| {
+        let mut k = Netlink::new().unwrap();
+        let links = k.datapath().unwrap();
+        assert!(links.iter().all(|l| l.programs.is_empty()), "{links:?}");
+        let v = guard::pod_path(&mut k, &cfg(true, true));
+        assert!(matches!(&v, guard::PodPath::Ok { .. }), "{v:?}");
+    });
+    // A tc bpf filter (classic BPF, cls_bpf) on the pod's interface.
+    l.node.sh("tc qdisc add dev veth-pod clsact
+         tc filter add dev veth-pod ingress bpf bytecode '1,6 0 0 4294967295,'");
+    l.node.run(|| {
+        let mut k = Netlink::new().unwrap();
+        let links = k.datapath().unwrap();
+        let pod = links.iter().find(|l| l.name == "veth-pod").unwrap();
+        assert_eq!(pod.kind.as_deref(), Some("veth"));
+        assert_eq!(pod.programs, ["tc ingress bpf classic"], "{links:?}");
+        let v = guard::pod_path(&mut k, &cfg(true, true));
+        let guard::PodPath::BpfDatapath { why, check } = &v else {
+            panic!("{v:?}")
+        };
+        assert!(
+            why.starts_with(
+                "a BPF datapath on this node (BPF programs on veth-pod (tc ingress bpf classic))"
+            ) && why.contains("the route lookup sends pod packets into tailscale0"),
+            "{why}"
+        );
+        assert!(check.contains("tailscale0"), "{check}");
+    });
+    l.node.sh("tc qdisc del dev veth-pod clsact");
+    // Cilium: its host devices, and an eBPF program on a pod's lxc interface through tcx.
+    l.node
+        .sh("ip link add cilium_host type veth peer name cilium_net
+         ip link add lxc1a2b type veth peer name lxc1a2b-peer");
+    l.node.run(|| {
+        let prog = bpf::load_pass_program().expect("load a sched_cls program");
+        let ifindex = tsbridge::egress::kernel::link_index("lxc1a2b").unwrap();
+        let _link = bpf::link_create(&prog, ifindex, bpf::BPF_TCX_INGRESS)
+            .expect("attach through tcx (Linux 6.6+)");
+        let mut k = Netlink::new().unwrap();
+        let links = k.datapath().unwrap();
+        let lxc = links.iter().find(|l| l.name == "lxc1a2b").unwrap();
+        assert_eq!(lxc.programs, ["tcx ingress (1 program)"], "{links:?}");
+        let v = guard::pod_path(&mut k, &cfg(true, true));
+        let guard::PodPath::BpfDatapath { why, check } = &v else {
+            panic!("{v:?}")
+        };
+        assert!(
+            why.starts_with("Cilium on this node (Cilium's devices (cilium_host, cilium_net); BPF programs on lxc1a2b (tcx ingress (1 program)))"),
+            "{why}"
+        );
+        assert!(check.contains("bpf.hostLegacyRouting=true"), "{check}");
+        drop(_link);
+        // Detached with its link: no program left on lxc1a2b (Cilium's devices remain).
+        let links = k.datapath().unwrap();
+        let lxc = links.iter().find(|l| l.name == "lxc1a2b").unwrap();
+        assert!(lxc.programs.is_empty(), "{links:?}");
+    });
+}
+
 /// Polls `check` every millisecond until it holds; returns how long that took.
 fn time_until(limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
@@ -1145,7 +1265,9 @@ fn pod_path_without_pods_is_unverified_and_unknown_pod_routes_are_named() {
         })
     });
     stop(d);
-    // Configured, the same routes are pods like any other.
+    // Configured, the same routes are pods like any other: the route lookup is right, but
+    // on a node with Cilium's devices that is not a verified path (BPF host routing
+    // bypasses netfilter), so it is never "ok".
     let mut c = cfg(true, true);
     c.pod_cidrs.push("10.0.0.0/8".parse().unwrap());
     reconcile_in(&l.node, c.clone());
@@ -1153,7 +1275,7 @@ fn pod_path_without_pods_is_unverified_and_unknown_pod_routes_are_named() {
         .node
         .run(move || guard::pod_path(&mut Netlink::new().unwrap(), &c));
     assert!(
-        matches!(&v, guard::PodPath::Ok { via } if via.contains("10.0.1.2->100.100.100.100")),
+        matches!(&v, guard::PodPath::BpfDatapath { why, check } if why.contains("10.0.1.2->100.100.100.100") && why.starts_with("Cilium on this node") && check.contains("bpf.hostLegacyRouting=true")),
         "{v:?}"
     );
     let _ = std::fs::remove_file(&log);

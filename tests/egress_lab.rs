@@ -983,3 +983,261 @@ fn dual_stack_pods_reach_the_tailnet_with_a_patch_generated_configuration() {
         "the peer sees the node's tailnet IPv6 address"
     );
 }
+
+/// flannel's `--ip-masq` rules for this node's lease `pod` in the cluster CIDR `cluster`,
+/// written as flannel v0.28.9 installs them (versions.env FLANNEL_VERSION), with the
+/// iptables-nft binary (`pkg/trafficmngr/iptables/iptables.go`: `masqRules`,
+/// `forwardRules`; `--random-fully` since the kernel has it).
+fn flannel_iptables_rules(pod: &str, cluster: &str) -> String {
+    let m = "-m comment --comment 'flanneld masq'";
+    let f = "-m comment --comment 'flanneld forward'";
+    format!(
+        "iptables-nft -t nat -N FLANNEL-POSTRTG
+         iptables-nft -t nat -A POSTROUTING {m} -j FLANNEL-POSTRTG
+         iptables-nft -t nat -A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {m} -j RETURN
+         iptables-nft -t nat -A FLANNEL-POSTRTG -s {pod} -d {cluster} {m} -j RETURN
+         iptables-nft -t nat -A FLANNEL-POSTRTG -s {cluster} -d {pod} {m} -j RETURN
+         iptables-nft -t nat -A FLANNEL-POSTRTG ! -s {cluster} -d {pod} {m} -j RETURN
+         iptables-nft -t nat -A FLANNEL-POSTRTG -s {cluster} ! -d 224.0.0.0/4 {m} -j MASQUERADE --random-fully
+         iptables-nft -t nat -A FLANNEL-POSTRTG ! -s {cluster} -d {cluster} {m} -j MASQUERADE --random-fully
+         iptables-nft -t filter -N FLANNEL-FWD
+         iptables-nft -t filter -A FORWARD {f} -j FLANNEL-FWD
+         iptables-nft -t filter -A FLANNEL-FWD -s {cluster} {f} -j ACCEPT
+         iptables-nft -t filter -A FLANNEL-FWD -d {cluster} {f} -j ACCEPT"
+    )
+}
+
+/// The same rules in flannel's nftables mode (`"EnableNFTables": true`, which Talos's
+/// template sets): `pkg/trafficmngr/nftables/nftables.go` (`initTable`,
+/// `SetupAndEnsureForwardRules`, `addMasqRules`), table `ip flannel-ipv4`.
+fn flannel_nftables_rules(pod: &str, cluster: &str) -> String {
+    format!(
+        "table ip flannel-ipv4 {{
+           comment \"rules for flannel-ipv4\"
+           chain postrtg {{
+             comment \"chain to manage traffic masquerading by flannel\"
+             type nat hook postrouting priority srcnat;
+             meta mark 0x4000 return
+             ip saddr {pod} ip daddr {cluster} return
+             ip saddr {cluster} ip daddr {pod} return
+             ip saddr != {pod} ip daddr {cluster} return
+             ip saddr {cluster} ip daddr != 224.0.0.0/4 masquerade fully-random
+             ip saddr != {cluster} ip daddr {cluster} masquerade fully-random
+           }}
+           chain forward {{
+             comment \"chain to accept flannel traffic\"
+             type filter hook forward priority filter;
+             ip saddr {cluster} accept
+             ip daddr {cluster} accept
+           }}
+         }}"
+    )
+}
+
+/// One connection from the pod to the peer's echo service; the pod's source port.
+fn pod_echo_port(pod: &Ns, to: IpAddr) -> Result<u16, String> {
+    in_ns(pod, move || {
+        let mut s = connect(SocketAddr::new(to, PORT))?;
+        let port = s.local_addr().map_err(|e| e.to_string())?.port();
+        s.write_all(b"ehello").map_err(|e| e.to_string())?;
+        let mut b = [0u8; 5];
+        s.read_exact(&mut b)
+            .map_err(|e| format!("read echo: {e}"))?;
+        (&b == b"hello")
+            .then_some(port)
+            .ok_or_else(|| "wrong echo".to_string())
+    })
+}
+
+/// The node's conntrack entries of the pod's connection from `src:sport`: the reply
+/// direction's destination address and port of each (where the NAT binding maps it).
+fn nat_bindings(w: &World, src: Ipv4Addr, sport: u16) -> Vec<(String, String)> {
+    let out = w
+        .lab
+        .exec_ok(
+            &w.node.ns,
+            &[
+                "conntrack",
+                "-L",
+                "-p",
+                "tcp",
+                "--orig-src",
+                &src.to_string(),
+                "--sport",
+                &sport.to_string(),
+            ],
+        )
+        .expect("conntrack -L");
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let field = |key: &str| {
+                l.split_whitespace()
+                    .filter_map(|t| t.strip_prefix(key))
+                    .nth(1)
+                    .unwrap_or_else(|| panic!("no reply {key} in {l}"))
+                    .to_owned()
+            };
+            (field("dst="), field("dport="))
+        })
+        .collect()
+}
+
+/// flannel (Talos's default CNI) with tsbridge: pods attached by the real CNI reference
+/// plugins (`bridge` on `cni0`, `host-local`) through the CNI protocol (`cnitool`), with
+/// flannel's `--ip-masq` rules as its source installs them, first in iptables-nft mode,
+/// then in nftables mode. Each time: the pod reaches the peer by address and MagicDNS
+/// name, its connection has one NAT binding, to the node's tailnet address (the peer sees
+/// that address), every SYN's MSS is clamped to fit tailscale0, and tsbridge's SIGTERM
+/// teardown leaves flannel's rules exactly as they were.
+#[test]
+fn flannel_pods_reach_the_tailnet_with_one_nat_binding() {
+    let w = world();
+    let svc = Service::start(&w.peer.host.ns);
+    let probe = format!(
+        "nft add table inet probe
+         nft add chain inet probe in '{{ type filter hook input priority -300; }}'
+         nft add rule inet probe in iifname tailscale0 tcp dport {PORT} tcp flags syn tcp option maxseg size gt 1240 counter comment big
+         nft add rule inet probe in iifname tailscale0 tcp dport {PORT} tcp flags syn tcp option maxseg size le 1240 counter comment fits"
+    );
+    w.lab
+        .exec_ok(&w.peer.host.ns, &["sh", "-ec", &probe])
+        .expect("probe table in the peer");
+    // This node's flannel lease and the cluster CIDR (flannel's Network).
+    let (lease, cluster) = ("10.244.2.0/24", tsbridge_lab::POD_CIDR_V4);
+    let pod = w.lab.cni_pod(&w.node, lease, cluster).expect("cnitool add");
+    let cni0 = w.node_sh("ip -4 -o addr show dev cni0").expect("cni0");
+    assert!(cni0.contains("10.244.2.1/24"), "cni0: {cni0}");
+    let route = w
+        .lab
+        .exec_ok(&pod.ns, &["ip", "-o", "route", "show", "default"])
+        .unwrap();
+    assert!(
+        route.contains("via 10.244.2.1"),
+        "pod's default route: {route}"
+    );
+    let mtu = w
+        .lab
+        .exec_ok(&pod.ns, &["cat", "/sys/class/net/eth0/mtu"])
+        .unwrap();
+    assert_eq!(mtu.trim(), tsbridge_lab::FLANNEL_MTU.to_string());
+    eprintln!(
+        "cnitool add: bridge + host-local attached pod {} on cni0 (MTU {})",
+        pod.addr,
+        mtu.trim()
+    );
+    let name = format!("peer.{}", tsbridge_lab::BASE_DOMAIN);
+    let magicdns: IpAddr = "100.100.100.100".parse().unwrap();
+
+    let snapshot_iptables = |w: &World| {
+        [
+            "iptables-nft -t nat -S POSTROUTING",
+            "iptables-nft -t nat -S FLANNEL-POSTRTG",
+            "iptables-nft -t filter -S FORWARD",
+            "iptables-nft -t filter -S FLANNEL-FWD",
+        ]
+        .map(|c| w.node_sh(c).unwrap_or_else(|| panic!("{c} failed")))
+        .join("")
+        .lines()
+        // flannel's rules only: tailscaled removes its own `ts-*` jumps when it stops.
+        .filter(|l| l.contains("FLANNEL") || l.contains("flanneld"))
+        .collect::<Vec<_>>()
+        .join("\n")
+    };
+    let snapshot_nft = |w: &World| {
+        w.node_sh("nft list table ip flannel-ipv4")
+            .expect("flannel's nft table")
+    };
+
+    for mode in ["iptables", "nftables"] {
+        let ts = w.start(&w.env(&[]));
+        w.wait_owned(OWNED, &ts);
+        // flanneld starts after the node's services (tailscaled included).
+        let (install, snapshot): (String, &dyn Fn(&World) -> String) = if mode == "iptables" {
+            (flannel_iptables_rules(lease, cluster), &snapshot_iptables)
+        } else {
+            (
+                format!(
+                    "nft -f - <<'EOF'\n{}\nEOF",
+                    flannel_nftables_rules(lease, cluster)
+                ),
+                &snapshot_nft,
+            )
+        };
+        w.lab
+            .exec_ok(&w.node.ns, &["sh", "-ec", &install])
+            .unwrap_or_else(|e| panic!("flannel's {mode} rules: {e}"));
+        let flannel = snapshot(&w);
+        let node_v4 = w.node_tailnet_v4();
+
+        // By address: one NAT binding, to the node's tailnet address.
+        pod_echo_until(&pod.ns, IpAddr::V4(w.peer.ip4), Duration::from_secs(20)).unwrap_or_else(
+            |e| {
+                panic!(
+                    "{mode}: pod -> peer: {e}\n{}",
+                    tsbridge_lab::tail(&w.lab.log(&ts), 30)
+                )
+            },
+        );
+        let sport = pod_echo_port(&pod.ns, IpAddr::V4(w.peer.ip4)).expect("pod -> peer");
+        assert_eq!(svc.last_source(), Some(IpAddr::V4(node_v4)), "{mode}");
+        let bindings = nat_bindings(&w, pod.addr, sport);
+        assert_eq!(bindings.len(), 1, "{mode}: {bindings:?}");
+        assert_eq!(bindings[0].0, node_v4.to_string(), "{mode}: {bindings:?}");
+        eprintln!(
+            "{mode}: pod {}:{sport} -> peer {}:{PORT}: one NAT binding, to {}:{}; the peer saw {node_v4}",
+            pod.addr, w.peer.ip4, bindings[0].0, bindings[0].1
+        );
+
+        // By MagicDNS name.
+        let addrs = wait_until(Duration::from_secs(10), "MagicDNS answer", || {
+            Ok(resolve_a(&pod.ns, magicdns, &name).ok())
+        })
+        .expect("the pod resolves the peer's name");
+        assert!(addrs.contains(&w.peer.ip4), "{name} -> {addrs:?}");
+        pod_echo(&pod.ns, IpAddr::V4(addrs[0])).expect("pod -> peer by name");
+        eprintln!("{mode}: pod resolved {name} -> {addrs:?} at {magicdns} and connected");
+
+        // Bulk both ways; every SYN's MSS fits tailscale0 (the pod's own would be 1410).
+        pod_transfer(&pod.ns, IpAddr::V4(w.peer.ip4), 4 * MB).expect("4 MB each way");
+        let counters = w
+            .lab
+            .exec_ok(&w.peer.host.ns, &["nft", "list", "table", "inet", "probe"])
+            .unwrap();
+        let big = counters
+            .lines()
+            .find(|l| l.contains("comment \"big\""))
+            .and_then(|l| l.split("packets ").nth(1))
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{counters}"));
+        assert_eq!(big, "0", "{mode}: SYNs with an MSS over 1240: {counters}");
+        assert!(
+            counters
+                .lines()
+                .any(|l| l.contains("comment \"fits\"") && !l.contains("packets 0 ")),
+            "{mode}: no SYN counted at the peer: {counters}"
+        );
+
+        // SIGTERM: tsbridge removes its own state, flannel's rules stay as they were.
+        w.lab.stop(&ts).expect("tsbridge exits on SIGTERM");
+        assert_eq!(w.owned(), (0, 0), "{mode}: tsbridge's state is gone");
+        assert_eq!(
+            snapshot(&w),
+            flannel,
+            "{mode}: flannel's rules after tsbridge's teardown"
+        );
+        eprintln!("{mode}: tsbridge's teardown left flannel's rules untouched");
+        // flannel's CleanUp when it changes modes.
+        let cleanup = if mode == "iptables" {
+            "iptables-nft -t nat -D POSTROUTING -m comment --comment 'flanneld masq' -j FLANNEL-POSTRTG
+             iptables-nft -t nat -F FLANNEL-POSTRTG; iptables-nft -t nat -X FLANNEL-POSTRTG
+             iptables-nft -t filter -D FORWARD -m comment --comment 'flanneld forward' -j FLANNEL-FWD
+             iptables-nft -t filter -F FLANNEL-FWD; iptables-nft -t filter -X FLANNEL-FWD"
+        } else {
+            "nft delete table ip flannel-ipv4"
+        };
+        w.lab
+            .exec_ok(&w.node.ns, &["sh", "-ec", cleanup])
+            .unwrap_or_else(|e| panic!("flannel's clean-up: {e}"));
+    }
+}

@@ -47,6 +47,7 @@
 //! file under the lab directory ([`Lab::log`]).
 
 mod capture;
+mod cni;
 mod container;
 mod control;
 mod dns;
@@ -63,6 +64,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 pub use capture::{Capture, Captured};
+pub use cni::{CniPod, FLANNEL_MTU};
 pub use container::{Container, OFFICIAL_ENV};
 pub use control::{AuthKey, Control};
 pub use dns::dns_answers;

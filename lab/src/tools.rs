@@ -20,6 +20,10 @@ pub struct Tools {
     /// The real CoreDNS (the lab's cluster DNS, `dns.rs`); checked when a lab runs it
     /// ([`Tools::coredns`]).
     coredns: PathBuf,
+    /// The directory of the pinned tools: the CNI reference plugins (`bridge`,
+    /// `host-local`) and `cnitool`, checked when a lab attaches a pod with them
+    /// ([`Tools::cni`]).
+    bin: PathBuf,
     /// The tsbridge binary under test (tests pass `env!("CARGO_BIN_EXE_tsbridge")`).
     pub tsbridge: PathBuf,
 }
@@ -53,6 +57,7 @@ impl Tools {
             promcheck: tool("promcheck")?,
             containerboot: bin.join("containerboot"),
             coredns: bin.join("coredns"),
+            bin: bin.clone(),
             tsbridge,
         })
     }
@@ -93,6 +98,15 @@ impl Tools {
     /// containerboot's path; an error naming the command that builds it when missing.
     pub fn containerboot(&self) -> Result<PathBuf> {
         built(self.containerboot.clone())
+    }
+
+    /// `cnitool` and the directory holding the CNI plugins it runs (`CNI_PATH`); an error
+    /// naming the command that builds them when one is missing.
+    pub fn cni(&self) -> Result<(PathBuf, PathBuf)> {
+        for p in ["bridge", "host-local"] {
+            built(self.bin.join(p))?;
+        }
+        Ok((built(self.bin.join("cnitool"))?, self.bin.clone()))
     }
 
     /// CoreDNS's path; an error naming the command that builds it when missing.

@@ -38,6 +38,13 @@ pub enum PodPath {
     /// A CNI routes pods the configuration does not know (`TSBRIDGE_POD_CIDRS` to fix);
     /// the text names the routes.
     Unconfigured(String),
+    /// The route lookup found nothing wrong, but a BPF datapath (Cilium, ...) can send pod
+    /// packets past netfilter, which no route lookup sees: not verified. `why` says what
+    /// was seen, `check` which setting to check.
+    BpfDatapath {
+        why: String,
+        check: String,
+    },
 }
 
 /// Interfaces that only a CNI creates (exact names) or whose names a CNI's pods get
@@ -211,6 +218,35 @@ fn offset(ip: IpAddr, i: u32) -> Option<IpAddr> {
 /// where a forwarded packet from a pod address (arriving on that route's interface) to
 /// MagicDNS would go.
 pub fn pod_path(k: &mut dyn Kernel, cfg: &EgressConfig) -> PodPath {
+    let route = route_verdict(k, cfg);
+    let route_text = match &route {
+        PodPath::Ok { via } => format!("the route lookup sends pod packets into {via}"),
+        PodPath::NoPods(_) => format!(
+            "no pods on this node yet, and a pod-address packet is routed into {}",
+            cfg.tun
+        ),
+        // Failures stay failures; nothing to verify without a TUN.
+        _ => return route,
+    };
+    match k.datapath() {
+        Ok(links) => match super::datapath::assess(&links, &cfg.tun) {
+            None => route,
+            Some(d) => PodPath::BpfDatapath {
+                why: d.unverified(&route_text, &cfg.tun),
+                check: d.check(&cfg.tun),
+            },
+        },
+        Err(e) => PodPath::BpfDatapath {
+            why: format!(
+                "{route_text}, but the BPF programs on the node's interfaces cannot be read ({e}), so a BPF datapath bypassing netfilter cannot be ruled out; unverified"
+            ),
+            check: "run tsbridge with CAP_NET_ADMIN in the host network namespace".into(),
+        },
+    }
+}
+
+/// The route lookup's part of the pod-path verdict.
+fn route_verdict(k: &mut dyn Kernel, cfg: &EgressConfig) -> PodPath {
     let (links, addrs, routes) = match (k.links(), k.addrs(), k.main_routes()) {
         (Ok(l), Ok(a), Ok(r)) => (l, a, r),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
@@ -579,6 +615,85 @@ mod tests {
         .collect();
         assert!(unconfigured_pod_routes(&links, &routes, &cfg(&[])).is_empty());
         assert!(is_cni_link("lxc12ab") && is_cni_link("cali0f") && !is_cni_link("eth0"));
+    }
+
+    #[test]
+    fn a_bpf_datapath_makes_a_good_route_unverified() {
+        use crate::egress::datapath::LinkProgs;
+        let mut k = node();
+        k.answers.push((
+            RouteQuery {
+                dst: PROBE_V4,
+                src: Some("10.244.1.2".parse().unwrap()),
+                iif: Some(7),
+            },
+            RouteAnswer {
+                oif: Some(5),
+                prefsrc: None,
+                table: 52,
+                kind: 1,
+            },
+        ));
+        k.datapath = vec![
+            LinkProgs {
+                name: "cilium_host".into(),
+                kind: Some("veth".into()),
+                programs: vec!["tc ingress bpf cil_to_host id 3".into()],
+            },
+            LinkProgs {
+                name: "lxc0a".into(),
+                kind: Some("veth".into()),
+                programs: vec!["tcx ingress (1 program)".into()],
+            },
+        ];
+        let v = pod_path(&mut k, &cfg(&[]));
+        let PodPath::BpfDatapath { why, check } = &v else {
+            panic!("{v:?}")
+        };
+        assert!(
+            why.contains(
+                "the route lookup sends pod packets into tailscale0 (10.244.1.2->100.100.100.100)"
+            ) && why.contains("lxc0a (tcx ingress (1 program))")
+                && why.ends_with("unverified"),
+            "{why}"
+        );
+        assert!(check.contains("bpf.hostLegacyRouting=true"), "{check}");
+        // A wrong route is still a failure, BPF or not.
+        k.answers[0].1.oif = Some(2);
+        assert!(matches!(pod_path(&mut k, &cfg(&[])), PodPath::Problem(_)));
+        // No pods yet on a Cilium node: unverified, naming Cilium.
+        let mut k = node();
+        k.links.push(lo());
+        k.routes
+            .retain(|r| !r.dst.to_string().starts_with("10.244."));
+        k.answers.push((
+            RouteQuery {
+                dst: PROBE_V4,
+                src: Some("10.244.0.1".parse().unwrap()),
+                iif: Some(1),
+            },
+            RouteAnswer {
+                oif: Some(5),
+                prefsrc: None,
+                table: 52,
+                kind: 1,
+            },
+        ));
+        k.datapath = vec![LinkProgs {
+            name: "cilium_net".into(),
+            ..Default::default()
+        }];
+        let v = pod_path(&mut k, &cfg(&[]));
+        assert!(
+            matches!(&v, PodPath::BpfDatapath { why, .. } if why.starts_with("Cilium on this node") && why.contains("no pods on this node yet")),
+            "{v:?}"
+        );
+        // Plain interfaces: the route verdict stands.
+        k.datapath = vec![LinkProgs {
+            name: "eth0".into(),
+            ..Default::default()
+        }];
+        assert!(matches!(pod_path(&mut k, &cfg(&[])), PodPath::NoPods(_)));
     }
 
     #[test]

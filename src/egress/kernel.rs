@@ -5,13 +5,15 @@ use std::net::IpAddr;
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NetlinkMessage};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
 };
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
+use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcMessage, TcOption};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
+use super::datapath::LinkProgs;
 use super::nft;
 use super::nl::{Answer, NlError, NlSocket};
 use super::plan::{self, NftOp, ObservedNft, ObservedRule, PolicyRule, RT_PROTO};
@@ -79,6 +81,9 @@ pub trait Kernel {
     fn addrs(&mut self) -> Result<Vec<Addr>, NlError>;
     fn main_routes(&mut self) -> Result<Vec<Route>, NlError>;
     fn route_get(&mut self, q: &RouteQuery) -> Result<RouteAnswer, NlError>;
+    /// Every interface with its kind and the BPF programs attached to it (tc `bpf`
+    /// filters, tcx, netkit): is there a BPF datapath that could bypass netfilter?
+    fn datapath(&mut self) -> Result<Vec<LinkProgs>, NlError>;
 }
 
 /// The real kernel of the current network namespace.
@@ -231,6 +236,66 @@ fn ignore_errno(r: Result<(), NlError>, errno: i32) -> Result<(), NlError> {
 
 const ENOENT: i32 = 2;
 const EEXIST: i32 = 17;
+const ENODEV: i32 = 19;
+const EINVAL: i32 = 22;
+const EOPNOTSUPP: i32 = 95;
+
+/// tc's clsact hooks: `TC_H_MIN_INGRESS`, `TC_H_MIN_EGRESS` under the `ffff:` major.
+const TC_H_MIN_INGRESS: u16 = 0xfff2;
+const TC_H_MIN_EGRESS: u16 = 0xfff3;
+/// `enum bpf_attach_type` (linux/bpf.h): tcx (Linux 6.6) and netkit (6.7).
+const BPF_TCX_INGRESS: u32 = 46;
+const BPF_TCX_EGRESS: u32 = 47;
+const BPF_NETKIT_PRIMARY: u32 = 54;
+const BPF_NETKIT_PEER: u32 = 55;
+
+impl Netlink {
+    /// The BPF programs of the tc `bpf` filters on one clsact hook of `index`: their names
+    /// and ids (`cil_from_container id 42`), `classic` for a classic-BPF filter.
+    fn tc_bpf_filters(&mut self, index: u32, minor: u16) -> Result<Vec<String>, NlError> {
+        let mut m = TcMessage::with_index(index as i32);
+        m.header.parent = TcHandle {
+            major: 0xffff,
+            minor,
+        };
+        let mut out = Vec::new();
+        for msg in self.rt_dump("dump tc filters", RouteNetlinkMessage::GetTrafficFilter(m))? {
+            let RouteNetlinkMessage::NewTrafficFilter(f) = msg else {
+                continue;
+            };
+            let is_bpf = f
+                .attributes
+                .iter()
+                .any(|a| matches!(a, TcAttribute::Kind(k) if k == "bpf"));
+            // The kernel also sends a header per filter chain without options.
+            let Some(opts) = f.attributes.iter().find_map(|a| match a {
+                TcAttribute::Options(o) => Some(o),
+                _ => None,
+            }) else {
+                continue;
+            };
+            if !is_bpf {
+                continue;
+            }
+            let mut name = None;
+            let mut id = None;
+            for o in opts {
+                match o {
+                    TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => name = Some(n.clone()),
+                    TcOption::Bpf(TcFilterBpfOption::ProgId(i)) => id = Some(*i),
+                    _ => {}
+                }
+            }
+            out.push(match (name, id) {
+                (Some(n), Some(i)) => format!("{n} id {i}"),
+                (Some(n), None) => n,
+                (None, Some(i)) => format!("id {i}"),
+                (None, None) => "classic".to_owned(),
+            });
+        }
+        Ok(out)
+    }
+}
 
 impl Kernel for Netlink {
     fn dump_rules(&mut self) -> Result<Vec<ObservedRule>, NlError> {
@@ -460,6 +525,105 @@ impl Kernel for Netlink {
             detail: "no route message in the answer".into(),
         })
     }
+
+    fn datapath(&mut self) -> Result<Vec<LinkProgs>, NlError> {
+        let mut links = Vec::new();
+        for msg in self.rt_dump(
+            "dump links",
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        )? {
+            if let RouteNetlinkMessage::NewLink(l) = msg {
+                let mut name = String::new();
+                let mut kind = None;
+                for a in &l.attributes {
+                    match a {
+                        LinkAttribute::IfName(n) => name = n.clone(),
+                        LinkAttribute::LinkInfo(infos) => {
+                            kind = infos.iter().find_map(|i| match i {
+                                LinkInfo::Kind(k) => Some(k.to_string()),
+                                _ => None,
+                            })
+                        }
+                        _ => {}
+                    }
+                }
+                links.push((l.header.index, name, kind));
+            }
+        }
+        // Only an interface with a clsact (or ingress) qdisc can have tc filters.
+        let mut qdiscs: Vec<(u32, bool)> = Vec::new();
+        for msg in self.rt_dump(
+            "dump qdiscs",
+            RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()),
+        )? {
+            if let RouteNetlinkMessage::NewQueueDiscipline(q) = msg {
+                let kind = q.attributes.iter().find_map(|a| match a {
+                    TcAttribute::Kind(k) => Some(k.as_str()),
+                    _ => None,
+                });
+                match kind {
+                    Some("clsact") => qdiscs.push((q.header.index as u32, true)),
+                    Some("ingress") => qdiscs.push((q.header.index as u32, false)),
+                    _ => {}
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (index, name, kind) in links {
+            let mut programs = Vec::new();
+            if let Some(&(_, clsact)) = qdiscs.iter().find(|q| q.0 == index) {
+                let hooks: &[(&str, u16)] = if clsact {
+                    &[("ingress", TC_H_MIN_INGRESS), ("egress", TC_H_MIN_EGRESS)]
+                } else {
+                    &[("ingress", TC_H_MIN_INGRESS)]
+                };
+                for &(hook, minor) in hooks {
+                    match self.tc_bpf_filters(index, minor) {
+                        Ok(names) => {
+                            programs.extend(names.into_iter().map(|n| format!("tc {hook} bpf {n}")))
+                        }
+                        // The interface went away meanwhile.
+                        Err(e) if matches!(e.errno(), Some(ENODEV | EINVAL | ENOENT)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            let mut hooks = vec![
+                ("tcx ingress", BPF_TCX_INGRESS),
+                ("tcx egress", BPF_TCX_EGRESS),
+            ];
+            if kind.as_deref() == Some("netkit") {
+                hooks.push(("netkit primary", BPF_NETKIT_PRIMARY));
+                hooks.push(("netkit peer", BPF_NETKIT_PEER));
+            }
+            for (hook, attach_type) in hooks {
+                match super::bpf::attached_count(index, attach_type) {
+                    Ok(0) => {}
+                    Ok(1) => programs.push(format!("{hook} (1 program)")),
+                    Ok(n) => programs.push(format!("{hook} ({n} programs)")),
+                    // No tcx/netkit in this kernel (before 6.6 / 6.7), or the interface
+                    // went away: nothing attached that way.
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(EINVAL | ENODEV | ENOENT | EOPNOTSUPP)
+                        ) => {}
+                    Err(err) => {
+                        return Err(NlError::Kernel {
+                            what: format!("BPF_PROG_QUERY ({hook}) on {name}"),
+                            err,
+                        });
+                    }
+                }
+            }
+            out.push(LinkProgs {
+                name,
+                kind,
+                programs,
+            });
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -550,6 +714,7 @@ pub mod fake {
         pub addrs: Vec<Addr>,
         pub routes: Vec<Route>,
         pub answers: Vec<(RouteQuery, RouteAnswer)>,
+        pub datapath: Vec<LinkProgs>,
     }
 
     impl Kernel for FakeKernel {
@@ -645,6 +810,9 @@ pub mod fake {
                     what: "route get".into(),
                     err: std::io::Error::from_raw_os_error(101),
                 })
+        }
+        fn datapath(&mut self) -> Result<Vec<LinkProgs>, NlError> {
+            Ok(self.datapath.clone())
         }
     }
 }

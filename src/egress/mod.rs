@@ -5,6 +5,8 @@
 //! Start it with [`Egress::new`] and [`Egress::run`]; read its verdicts from the
 //! `watch::Receiver<EgressHealth>` that `new` returns.
 
+pub mod bpf;
+pub mod datapath;
 pub mod events;
 pub mod filter;
 pub mod guard;
@@ -274,6 +276,9 @@ impl Egress {
                     info!(why = %why, "pod path unverified: no pods on this node yet")
                 }
                 PodPath::Unknown(why) => debug!(why = %why, "pod path not checked"),
+                PodPath::BpfDatapath { why, check } => {
+                    warn!(why = %why, check = %check, "pod path unverified: BPF datapath")
+                }
             }
         }
         h.identity = identity;
