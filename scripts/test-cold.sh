@@ -31,9 +31,14 @@ log "set-up on a cold cache: TSBRIDGE_CACHE=$cache (absent), Go caches and .deb 
 for t in tailscale tailscaled headscale linux-arm64/tailscale linux-arm64/tailscaled linux-arm64/headscale; do
   [ -x "$src/.tools/bin/$t" ] || die "cold set-up: .tools/bin/$t missing"
 done
+# cold_qemu ARCH: the kernel and busybox for ARCH are unpacked in the new cache
+cold_qemu() {
+  local CACHE=$cache
+  qemu_dirs "$1"
+  compgen -G "$Q_KDIR/boot/vmlinuz-*" >/dev/null && [ -x "$Q_BUSYBOX" ]
+}
 for arch in "${ARCHES[@]}"; do
-  (CACHE=$cache && qemu_dirs "$arch" && ls "$Q_KDIR"/boot/vmlinuz-* && [ -x "$Q_BUSYBOX" ]) >/dev/null 2>&1 ||
-    die "cold set-up: no $arch kernel or busybox unpacked in $cache/qemu"
+  cold_qemu "$arch" || die "cold set-up: no $arch kernel or busybox unpacked in $cache/qemu"
 done
 log "cold set-up passed in $(($(date +%s) - start)) s"
 
