@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod dns;
 pub mod egress;
+pub mod environ;
 pub mod health;
 pub mod join;
 pub mod localapi;

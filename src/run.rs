@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::config::{self, Config};
+use crate::environ;
 use crate::health::Health;
 use crate::join;
 use crate::logging;
@@ -20,7 +21,19 @@ use crate::supervisor;
 pub fn main() -> ExitCode {
     hold_stop_signals();
     let loaded = config::from_process_env();
+    // The config holds the key now; clear the kernel's copy before any thread or child
+    // exists (a child's /proc environ is tsbridge's until its exec).
+    let scrubbed = environ::scrub(environ::KEY_VARS);
     logging::init(loaded.log_format, loaded.log_level);
+    match scrubbed {
+        Ok(s) if s.vars.is_empty() => {}
+        Ok(s) => {
+            info!(vars = %s.vars.join(","), bytes = s.bytes, "cleared the auth key's value in tsbridge's environment")
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot clear the auth key from tsbridge's environment; /proc/<pid>/environ may still show it")
+        }
+    }
     for w in &loaded.warnings {
         warn!(var = %w.var, value = w.value.as_deref().unwrap_or(""), problem = %w.message, "config warning");
     }

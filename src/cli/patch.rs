@@ -220,6 +220,9 @@ pub(crate) fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, CliError> {
             .find_map(|v| std::env::var(v).ok().filter(|k| !k.trim().is_empty()))
             .map(|k| Secret::new(k.trim().to_owned()))
     };
+    // Read: clear the environment's copy too (no log here, and this process exits within
+    // milliseconds, so a failure to clear is not worth a line on stderr).
+    let _ = crate::environ::scrub(AUTHKEY_VARS);
     if o.auth_key.is_none() {
         eprintln!(
             "tsbridge: note: no auth key (TSBRIDGE_PATCH_AUTHKEY, TS_AUTHKEY or --authkey-stdin); the patch has no TS_AUTHKEY"
