@@ -402,8 +402,10 @@ fn files_containing(
     hits
 }
 
-/// Test 6: during the join the key appears in no `/proc/*/cmdline`, in no child's
-/// `/proc/*/environ`, in no log line, and in no file under the state directory or /tmp.
+/// Test 6: during the join the key appears in no `/proc/*/cmdline`, in no `/proc/*/environ`
+/// (tsbridge's own included, once it has read its configuration, and so in no child's
+/// between fork and exec either), in no log line, and in no file under the state directory
+/// or /tmp.
 #[test]
 fn the_key_never_leaks_during_the_join() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -412,15 +414,25 @@ fn the_key_never_leaks_during_the_join() {
     let node = w.lab.host("node6").unwrap();
     let key = w.key("10m");
     let needle = key.key.clone().into_bytes();
+    // Proves the scan reads tsbridge's environ while it runs: this one stays there.
+    let canary = format!("canary-{}-{}", std::process::id(), key.key.len());
+    type Hit = (u32, &'static str, String, Instant);
     let stop = Arc::new(AtomicBool::new(false));
-    let found = Arc::new(Mutex::new(Vec::<(u32, &str, String)>::new()));
+    let found = Arc::new(Mutex::new(Vec::<Hit>::new()));
+    let canaries = Arc::new(Mutex::new(Vec::<(u32, Instant)>::new()));
     let scans = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let scanner = {
-        let (stop, found, scans, needle) =
-            (stop.clone(), found.clone(), scans.clone(), needle.clone());
-        let tsbridge_exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_tsbridge")).unwrap();
+        let (stop, found, canaries, scans, needle, canary) = (
+            stop.clone(),
+            found.clone(),
+            canaries.clone(),
+            scans.clone(),
+            needle.clone(),
+            canary.clone().into_bytes(),
+        );
         std::thread::spawn(move || {
             let me = std::process::id();
+            let has = |b: &[u8], n: &[u8]| b.windows(n.len()).any(|w| w == n);
             while !stop.load(Ordering::Relaxed) {
                 for e in std::fs::read_dir("/proc").unwrap().flatten() {
                     let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
@@ -430,22 +442,22 @@ fn the_key_never_leaks_during_the_join() {
                         continue;
                     }
                     for f in ["cmdline", "environ"] {
-                        // A child between clone and exec still is tsbridge's image: its
-                        // /proc environ is tsbridge's own (allowed), not a child's. The
-                        // exe is read first: exec is one way, so an environ read before
-                        // the exec comes with tsbridge as the exe read before it.
-                        if f == "environ"
-                            && std::fs::read_link(format!("/proc/{pid}/exe"))
-                                .is_ok_and(|x| x == tsbridge_exe)
-                        {
+                        // Taken before the read: a hit shows the key was there at or after
+                        // this instant.
+                        let at = Instant::now();
+                        let Ok(b) = std::fs::read(format!("/proc/{pid}/{f}")) else {
                             continue;
-                        }
-                        if let Ok(b) = std::fs::read(format!("/proc/{pid}/{f}"))
-                            && b.windows(needle.len()).any(|w| w == needle.as_slice())
-                        {
+                        };
+                        if has(&b, &needle) {
                             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
                                 .unwrap_or_default();
-                            found.lock().unwrap().push((pid, f, comm.trim().to_owned()));
+                            found
+                                .lock()
+                                .unwrap()
+                                .push((pid, f, comm.trim().to_owned(), at));
+                        }
+                        if f == "environ" && has(&b, &canary) {
+                            canaries.lock().unwrap().push((pid, at));
                         }
                     }
                 }
@@ -455,7 +467,10 @@ fn the_key_never_leaks_during_the_join() {
         })
     };
     let since = std::time::SystemTime::now() - Duration::from_secs(1);
-    let ts = w.start(&node, &w.env(&node, Some(&key), &[]));
+    let env = w.env(&node, Some(&key), &[("TSBRIDGE_TEST_CANARY", &canary)]);
+    let ts = w.start(&node, &env);
+    // tsbridge has logged, so it has read its configuration and cleared the key.
+    let started = Instant::now();
     let addr = w.running(&node, &ts);
     w.wait_log(&ts, "tailscale up succeeded", Duration::from_secs(20));
     stop.store(true, Ordering::Relaxed);
@@ -465,21 +480,52 @@ fn the_key_never_leaks_during_the_join() {
         scans.load(Ordering::Relaxed) > 3,
         "the scanner ran during the join"
     );
-    // The check would see the key: tsbridge's own environment holds it.
     assert!(
-        std::fs::read(format!("/proc/{}/environ", ts.pid))
+        canaries
+            .lock()
             .unwrap()
+            .iter()
+            .any(|(pid, at)| *pid == ts.pid && *at > started),
+        "the scan read tsbridge's environ during the join"
+    );
+    // tsbridge's own environment: the key's value is NULs, every other variable intact.
+    let environ = std::fs::read(format!("/proc/{}/environ", ts.pid)).unwrap();
+    assert!(
+        !environ
             .windows(needle.len())
             .any(|w| w == needle.as_slice()),
-        "the scan can find the key where it is"
+        "the key is still in tsbridge's /proc environ"
     );
-    // tsbridge's own environment holds the key (Talos puts it there; before the exec it
-    // was `ip netns exec`, the same pid); no other process's may.
+    let mut cleared = b"\0TS_AUTHKEY=".to_vec();
+    cleared.extend(std::iter::repeat_n(0, needle.len() + 1));
+    assert!(
+        environ.windows(cleared.len()).any(|w| w == cleared),
+        "TS_AUTHKEY= and NULs of the key's length: {:?}",
+        String::from_utf8_lossy(&environ)
+    );
+    for (k, v) in env.iter().filter(|(k, _)| k != "TS_AUTHKEY") {
+        let entry = format!("\0{k}={v}\0").into_bytes();
+        assert!(
+            environ.windows(entry.len()).any(|w| w == entry),
+            "{k}={v} is not intact in {:?}",
+            String::from_utf8_lossy(&environ)
+        );
+    }
+    assert!(
+        w.current_log(&ts)
+            .lines()
+            .any(|l| l.contains("cleared the auth key") && l.contains("vars=TS_AUTHKEY ")),
+        "{}",
+        w.lab.log(&ts)
+    );
+    // Only one place may have shown the key, and only before tsbridge logged: the process
+    // `ip netns exec` became (same pid), until tsbridge read its configuration. Every
+    // other process, tsbridge's children between fork and exec included, never.
     let found: Vec<_> = found
         .lock()
         .unwrap()
         .iter()
-        .filter(|(pid, f, _)| !(*pid == ts.pid && *f == "environ"))
+        .filter(|(pid, f, _, at)| !(*pid == ts.pid && *f == "environ" && *at < started))
         .cloned()
         .collect();
     assert!(found.is_empty(), "the key leaked into {found:?}");
