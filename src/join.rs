@@ -230,10 +230,11 @@ pub async fn run_up(cfg: &Config, reaper: &Reaper, key: Option<Secret>) -> Resul
         // Inheritable for this one spawn only, cleared here rather than in a pre_exec
         // closure (which would be unsafe code running between fork and exec). Until its
         // exec the child is still tsbridge's image, so its /proc environ is tsbridge's own
-        // environment, which holds TS_AUTHKEY as Talos passed it; the key never enters the
-        // child's environment, argv or a file (tests/join.rs scans all three). The runtime
-        // is current-thread: no other child is spawned before the read end is closed
-        // right after this spawn.
+        // environment block, whose key values `run` cleared (crate::environ) before any
+        // child existed; the key never enters the child's environment, argv or a file, not
+        // even between fork and exec (tests/join.rs scans all three throughout). The
+        // runtime is current-thread: no other child is spawned before the read end is
+        // closed right after this spawn.
         // SAFETY: plain fcntl on an fd this function owns.
         if unsafe { nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) } == -1 {
             return Err(UpFailure::KeyPipe(std::io::Error::last_os_error()));

@@ -245,20 +245,26 @@ NODE_IP=$(node_ip)
 [ -n "$NODE_IP" ] || fail joined "the node has no 100.x address"
 check joined "the node joined the tailnet with the ExtensionServiceConfig's key as node1 = $NODE_IP (control server $NODE_URL, a name from the node's /etc/hosts)"
 
-# the key must not be on any command line, nor in the environment of tsbridge's children
+# the key must not be on any command line, nor in any process's environment: tsbridge
+# clears its own copy once it has read its configuration, so its children never see it
+# either, even between fork and exec
 for p in /proc/[0-9]*; do
   if tr '\0' '\n' <"$p/cmdline" 2>/dev/null | grep -qF "$NODE_KEY"; then
     fail key-hidden "the auth key is on the command line of $(cat $p/comm) (${p#/proc/})"
   fi
-  case "$(cat $p/comm 2>/dev/null)" in tailscaled | tailscale)
-    tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qF "$NODE_KEY" && fail key-hidden "the auth key is in the environment of $(cat $p/comm)"
-    ;;
-  esac
+  if tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qF "$NODE_KEY"; then
+    fail key-hidden "the auth key is in the environment of $(cat $p/comm) (${p#/proc/})"
+  fi
 done
+# tsbridge's own: the name stays, the value is gone
+tr '\0' '\n' <"/proc/$pid1/environ" | grep -q '^TS_AUTHKEY=$' ||
+  fail key-hidden "tsbridge's environment has no cleared TS_AUTHKEY= entry"
+grep -q "cleared the auth key's value" /var/log/ext-tailscale.log ||
+  fail key-hidden "tsbridge did not log that it cleared the key from its environment"
 # nor in the service's log or any file it can write (the machine config in /run/lab is Talos's)
 found=$(grep -rlF "$NODE_KEY" /var /tmp /run/talos-runner /usr/local /system 2>/dev/null)
 [ -z "$found" ] || fail key-hidden "the auth key is in: $found"
-check key-hidden "the auth key is on no command line, in no child's environment, log or state file"
+check key-hidden "the auth key is on no command line, in no process's environment (tsbridge's own cleared), log or state file"
 
 # ------------------------------------------------------------------ pod -> tailnet
 wait_for 60 in_ns pod ping -c1 -W2 "$PEER_IP" || fail pod-address "the pod cannot ping the peer at $PEER_IP"
