@@ -21,7 +21,7 @@ cargo test --locked --workspace
 
 stage "arm64: tsbridge's unit tests built for aarch64 and run under user-mode emulation (qemu-aarch64)"
 command -v qemu-aarch64 >/dev/null || die "qemu-aarch64 is missing: run scripts/setup.sh (Debian qemu-user)"
-CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=qemu-aarch64 \
+CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=qemu-aarch64 TSBRIDGE_TEST_USER_EMULATION=1 \
   cargo test --locked --target aarch64-unknown-linux-musl -p tsbridge --lib --bins
 
 stage "Talos extension image (amd64 and arm64 trees, one reproducible multi-arch OCI index, read by skopeo)"

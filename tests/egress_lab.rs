@@ -192,6 +192,41 @@ fn world() -> World {
 }
 
 impl World {
+    /// Counts, in the peer, the SYNs arriving over its tailscale0 for the test service by
+    /// MSS: over 1240 (tailscale0's MTU 1280 - 40, "big") or not ("fits").
+    fn install_mss_probe(&self) {
+        let probe = format!(
+            "nft add table inet probe
+             nft add chain inet probe in '{{ type filter hook input priority -300; }}'
+             nft add rule inet probe in iifname tailscale0 tcp dport {PORT} tcp flags syn tcp option maxseg size gt 1240 counter comment big
+             nft add rule inet probe in iifname tailscale0 tcp dport {PORT} tcp flags syn tcp option maxseg size le 1240 counter comment fits"
+        );
+        self.lab
+            .exec_ok(&self.peer.host.ns, &["sh", "-ec", &probe])
+            .expect("probe table in the peer");
+    }
+
+    /// The probe's counters: (big, fits) SYNs so far.
+    fn mss_probe_counts(&self) -> (u64, u64) {
+        let counters = self
+            .lab
+            .exec_ok(
+                &self.peer.host.ns,
+                &["nft", "list", "table", "inet", "probe"],
+            )
+            .expect("the peer's probe table");
+        let packets = |tag: &str| -> u64 {
+            counters
+                .lines()
+                .find(|l| l.contains(&format!("comment \"{tag}\"")))
+                .and_then(|l| l.split("packets ").nth(1))
+                .and_then(|s| s.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no counter {tag} in {counters}"))
+        };
+        (packets("big"), packets("fits"))
+    }
+
     fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut env = self
             .lab
@@ -319,16 +354,7 @@ const OWNED: (usize, usize) = (6, 4);
 fn pod_reaches_peer_by_address_and_by_name() {
     let w = world();
     let svc = Service::start(&w.peer.host.ns);
-    // Count the MSS of SYNs arriving at the peer over its tailscale0.
-    let probe = format!(
-        "nft add table inet probe
-         nft add chain inet probe in '{{ type filter hook input priority -300; }}'
-         nft add rule inet probe in iifname tailscale0 tcp dport {PORT} tcp flags syn tcp option maxseg size gt 1240 counter comment big
-         nft add rule inet probe in iifname tailscale0 tcp dport {PORT} tcp flags syn tcp option maxseg size le 1240 counter comment fits"
-    );
-    w.lab
-        .exec_ok(&w.peer.host.ns, &["sh", "-ec", &probe])
-        .expect("probe table in the peer");
+    w.install_mss_probe();
     let ts = w.start(&w.env(&[]));
     w.wait_owned(OWNED, &ts);
     let node_v4 = w.node_tailnet_v4();
@@ -357,25 +383,10 @@ fn pod_reaches_peer_by_address_and_by_name() {
     let t = Instant::now();
     pod_transfer(&w.pod.ns, IpAddr::V4(w.peer.ip4), 20 * MB).expect("20 MB each way");
     eprintln!("20 MB up + 20 MB down pod <-> peer: {:?}", t.elapsed());
-    let counters = w
-        .lab
-        .exec_ok(&w.peer.host.ns, &["nft", "list", "table", "inet", "probe"])
-        .unwrap();
-    let packets = |tag: &str| -> u64 {
-        counters
-            .lines()
-            .find(|l| l.contains(&format!("comment \"{tag}\"")))
-            .and_then(|l| l.split("packets ").nth(1))
-            .and_then(|s| s.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no counter {tag} in {counters}"))
-    };
-    assert_eq!(packets("big"), 0, "{counters}");
-    assert!(packets("fits") >= 4, "{counters}");
-    eprintln!(
-        "every SYN reaching the peer had MSS <= 1240 ({} SYNs)",
-        packets("fits")
-    );
+    let (big, fits) = w.mss_probe_counts();
+    assert_eq!(big, 0, "SYNs with an MSS over 1240 reached the peer");
+    assert!(fits >= 4, "only {fits} SYNs counted at the peer");
+    eprintln!("every SYN reaching the peer had MSS <= 1240 ({fits} SYNs)");
 
     // 4. The pod asks 100.100.100.100 (through the node) for the peer's MagicDNS name.
     let name = format!("peer.{}", tsbridge_lab::BASE_DOMAIN);
@@ -1094,15 +1105,7 @@ fn nat_bindings(w: &World, src: Ipv4Addr, sport: u16) -> Vec<(String, String)> {
 fn flannel_pods_reach_the_tailnet_with_one_nat_binding() {
     let w = world();
     let svc = Service::start(&w.peer.host.ns);
-    let probe = format!(
-        "nft add table inet probe
-         nft add chain inet probe in '{{ type filter hook input priority -300; }}'
-         nft add rule inet probe in iifname tailscale0 tcp dport {PORT} tcp flags syn tcp option maxseg size gt 1240 counter comment big
-         nft add rule inet probe in iifname tailscale0 tcp dport {PORT} tcp flags syn tcp option maxseg size le 1240 counter comment fits"
-    );
-    w.lab
-        .exec_ok(&w.peer.host.ns, &["sh", "-ec", &probe])
-        .expect("probe table in the peer");
+    w.install_mss_probe();
     // This node's flannel lease and the cluster CIDR (flannel's Network).
     let (lease, cluster) = ("10.244.2.0/24", tsbridge_lab::POD_CIDR_V4);
     let pod = w.lab.cni_pod(&w.node, lease, cluster).expect("cnitool add");
@@ -1200,23 +1203,12 @@ fn flannel_pods_reach_the_tailnet_with_one_nat_binding() {
 
         // Bulk both ways; every SYN's MSS fits tailscale0 (the pod's own would be 1410).
         pod_transfer(&pod.ns, IpAddr::V4(w.peer.ip4), 4 * MB).expect("4 MB each way");
-        let counters = w
-            .lab
-            .exec_ok(&w.peer.host.ns, &["nft", "list", "table", "inet", "probe"])
-            .unwrap();
-        let big = counters
-            .lines()
-            .find(|l| l.contains("comment \"big\""))
-            .and_then(|l| l.split("packets ").nth(1))
-            .and_then(|s| s.split_whitespace().next())
-            .unwrap_or_else(|| panic!("{counters}"));
-        assert_eq!(big, "0", "{mode}: SYNs with an MSS over 1240: {counters}");
-        assert!(
-            counters
-                .lines()
-                .any(|l| l.contains("comment \"fits\"") && !l.contains("packets 0 ")),
-            "{mode}: no SYN counted at the peer: {counters}"
+        let (big, fits) = w.mss_probe_counts();
+        assert_eq!(
+            big, 0,
+            "{mode}: SYNs with an MSS over 1240 reached the peer"
         );
+        assert!(fits > 0, "{mode}: no SYN counted at the peer");
 
         // SIGTERM: tsbridge removes its own state, flannel's rules stay as they were.
         w.lab.stop(&ts).expect("tsbridge exits on SIGTERM");
