@@ -360,15 +360,43 @@ impl Lab {
                 continue;
             }
             seen.push(e.proc.log.clone());
+            let log = self.log(&e.proc);
+            // A failure often starts long before the last lines (a join that failed once
+            // and then retried): the join's milestones from the start of the log too.
+            let milestones: Vec<&str> = log
+                .lines()
+                .filter(|l| JOIN_MILESTONES.iter().any(|m| l.contains(m)))
+                .take(40)
+                .collect();
+            eprintln!(
+                "---- lab {}: join milestones in {} ----\n{}",
+                self.id,
+                e.proc.log.display(),
+                milestones.join("\n")
+            );
             eprintln!(
                 "---- lab {}: last lines of {} ----\n{}",
                 self.id,
                 e.proc.log.display(),
-                tail(&self.log(&e.proc), 40)
+                tail(&log, 40)
             );
         }
     }
 }
+
+/// Log lines that tell how a join went, in tsbridge's, tailscaled's and headscale's logs.
+const JOIN_MILESTONES: &[&str] = &[
+    "running tailscale up",
+    "tailscale up succeeded",
+    "joining failed",
+    "tailscaled restarted",
+    "RegisterReq",
+    "Received error",
+    "backend error",
+    "Switching ipn state",
+    "ERR",
+    "WRN",
+];
 
 impl Drop for Lab {
     fn drop(&mut self) {
