@@ -23,7 +23,17 @@ pub fn main() -> ExitCode {
     let loaded = config::from_process_env();
     // The config holds the key now; clear the kernel's copy before any thread or child
     // exists (a child's /proc environ is tsbridge's until its exec).
-    let scrubbed = environ::scrub(environ::KEY_VARS);
+    let env: Vec<(String, String)> = std::env::vars_os()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
+    let names = environ::names_to_clear(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    drop(env);
+    let scrubbed = environ::scrub(&names);
     logging::init(loaded.log_format, loaded.log_level);
     match scrubbed {
         Ok(s) if s.vars.is_empty() => {}
